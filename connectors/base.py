@@ -64,8 +64,8 @@ class Person:
 class TicketRef:
     """Where a ticket is.
 
-    ``key`` is what the API addresses it by (Jira key, ServiceNow sys_id, Zendesk id,
-    Salesforce record Id); ``display`` is what people call it (HITL-7, INC0010001, #35436,
+    ``key`` is what the API addresses it by and what webhooks carry (Jira issue id,
+    ServiceNow sys_id, Zendesk id, Salesforce record Id); ``display`` is what people call it (HITL-7, INC0010001, #35436,
     Case 00001026); ``url`` opens it in a browser.
     """
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx2
 import uvicorn
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -61,6 +61,8 @@ class Fault(BaseModel):
 
 
 class EmulatorSettings(BaseModel):
+    model_config = ConfigDict(validate_assignment=True)
+
     webhook_url: str | None = None
     webhook_secret: str | None = None
     latency_ms: int = 0

@@ -1,0 +1,226 @@
+"""The ``hitl-bridge`` command line."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Human approvals for AI agents inside your ticket tools.")
+mappings_app = typer.Typer(no_args_is_help=True, help="Validate and preview mappings.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create API keys (the config stores their hashes).")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
+setup_app = typer.Typer(no_args_is_help=True, help="Configure a ticket system to send webhooks.")
+app.add_typer(mappings_app, name="mappings")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(setup_app, name="setup")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Config YAML (default: $HITL_BRIDGE_CONFIG).")]
+
+
+def _settings(config: Path | None):
+    from .config import load_settings
+
+    return load_settings(config)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    sandbox: Annotated[bool, typer.Option("--sandbox", help="No credentials: emulators, SQLite, a reviewer page.")] = False,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    database: Annotated[Optional[str], typer.Option(help="Sandbox database file or URL.")] = None,
+    worker: Annotated[bool, typer.Option(help="Run the worker in this process.")] = True,
+) -> None:
+    """Run the API (and, by default, the worker)."""
+    import uvicorn
+
+    from . import logs
+    from .app import create_app
+
+    info = None
+    if sandbox:
+        from . import sandbox as sandbox_mod
+
+        settings, info = sandbox_mod.build(host=host, port=port, database=database)
+    else:
+        settings = _settings(config)
+    settings = settings.model_copy(update={"run_worker": worker and settings.run_worker})
+    logs.configure(settings.log_level)
+    application = create_app(settings)
+    application.state.sandbox = info
+    if info is not None:
+        keys = info.api_keys
+        typer.echo(
+            f"\nhitl-bridge sandbox on http://{host}:{port}\n"
+            f"  reviewer page : http://{host}:{port}/sandbox/ui\n"
+            f"  sandbox facts : http://{host}:{port}/sandbox\n"
+            f"  agent API key : {keys['agent']}\n"
+            f"  admin API key : {keys['admin']}\n\n"
+            "Submit a first review:\n"
+            f"  curl -s -X POST http://{host}:{port}/v1/reviews -H 'Authorization: Bearer {keys['agent']}' "
+            "-H 'Content-Type: application/json' -d '{\"title\": \"Refund $750 to order A-100\", "
+            "\"action_requests\": [{\"name\": \"issue_refund\", \"args\": {\"order_id\": \"A-100\", \"amount\": 750}}], "
+            "\"confidence\": 0.62, \"metadata\": {\"queue\": \"jira\"}}'\n",
+            err=True,
+        )
+    try:
+        uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
+    finally:
+        if info is not None:
+            info.stop()
+
+
+@app.command("worker")
+def run_worker(config: ConfigOpt = None) -> None:
+    """Run the worker alone (scale out next to API-only instances)."""
+    from . import logs
+    from .migrate import upgrade
+    from .outbox import queue_depth  # noqa: F401  (imported for parity with serve)
+    from .runtime import Runtime
+    from .worker import Worker
+
+    settings = _settings(config)
+    logs.configure(settings.log_level)
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    runtime = Runtime(settings)
+    worker = Worker(runtime)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    stop.wait()
+    worker.stop()
+    runtime.close()
+
+
+@mappings_app.command("validate")
+def mappings_validate(
+    directory: Annotated[Path, typer.Option("--dir", help="The mappings folder.")] = Path("mappings"),
+    config: ConfigOpt = None,
+) -> None:
+    """Check every mapping and routes.yaml; errors name file, field and reason."""
+    from .errors import MappingError
+    from .mapping import load_mappings
+    from .routing import Router, load_routes
+
+    try:
+        mappings = load_mappings(directory)
+        router = Router(load_routes(directory))
+        router.check_mappings(mappings, set())
+    except MappingError as exc:
+        typer.echo(f"invalid: {exc.message}", err=True)
+        for detail in exc.details or []:
+            typer.echo(f"  {json.dumps(detail)}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"ok: {len(mappings)} mappings, {len(router.routes)} routes")
+
+
+@mappings_app.command("preview")
+def mappings_preview(
+    mapping: Annotated[str, typer.Argument(help="Mapping name or file.")],
+    review: Annotated[Path, typer.Argument(help="A review request as JSON.")],
+    directory: Annotated[Path, typer.Option("--dir")] = Path("mappings"),
+) -> None:
+    """Print the exact fields and comment the connector would send."""
+    from .errors import MappingError
+    from .mapping import parse_mapping, render_ticket
+    from .schemas import ReviewRequest
+
+    path = Path(mapping) if mapping.endswith((".yaml", ".yml")) else directory / f"{mapping}.yaml"
+    try:
+        parsed = parse_mapping(path.read_text(), file=str(path))
+        request = ReviewRequest.model_validate_json(review.read_text())
+        rendered = render_ticket(parsed, "rev_preview", request)
+    except MappingError as exc:
+        typer.echo(f"invalid: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        typer.echo(f"invalid review: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"connection": parsed.connection, **rendered.model_dump()}, indent=2, ensure_ascii=False))
+
+
+@keys_app.command("new")
+def keys_new(
+    name: str,
+    scope: Annotated[list[str], typer.Option("--scope", help="reviews:write, reviews:read, admin, audit")] = ["reviews:write", "reviews:read"],
+) -> None:
+    """Make a key: prints the key once (give it to the agent) and the config entry."""
+    from .config import hash_api_key
+
+    key = "hb_" + secrets.token_urlsafe(32)
+    typer.echo(f"key (shown once): {key}")
+    typer.echo("config entry:\n" + json.dumps({"name": name, "hash": hash_api_key(key), "scopes": scope}))
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None) -> None:
+    """Check the audit trail's hash chain; exit 1 naming the first bad event."""
+    from . import audit
+    from .db import Database
+
+    db = Database(_settings(config).database_url)
+    with db.transaction() as session:
+        result = audit.verify(session)
+    if not result.ok:
+        typer.echo(f"audit trail broken after {result.checked} good events: {result.problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {result.checked} events, chain intact")
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """Check each connection's credentials."""
+    from connectors import connector_for
+    from connectors.errors import ConnectorError
+
+    settings = _settings(config)
+    failed = False
+    for name, conn in settings.connections.items():
+        try:
+            me = connector_for(conn).check()
+            typer.echo(f"ok    {name} ({conn.type}): signed in as {me.name or me.id}")
+        except ConnectorError as exc:
+            failed = True
+            typer.echo(f"FAIL  {name} ({conn.type}): {exc}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@setup_app.command("zendesk")
+def setup_zendesk(
+    connection: str,
+    url: Annotated[str, typer.Option(help="The bridge's public base URL.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Create (once) the Zendesk webhook and trigger that notify the bridge."""
+    from connectors import connector_for
+
+    settings = _settings(config)
+    conn = settings.connections.get(connection)
+    if conn is None or conn.type != "zendesk":
+        typer.echo(f"no zendesk connection named {connection!r}", err=True)
+        raise typer.Exit(1)
+    result = connector_for(conn).ensure_webhook_and_trigger(endpoint_url=f"{url.rstrip('/')}/v1/webhooks/{connection}")
+    secret = result.pop("signing_secret", None)
+    typer.echo(json.dumps(result, indent=2))
+    if secret:
+        typer.echo("Put the webhook's signing secret in the connection's webhook_secrets (shown once):", err=True)
+        typer.echo(secret, err=True)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Settings: one YAML file (``HITL_BRIDGE_CONFIG``) with ``${ENV_VAR}`` references for secrets.
+
+Secrets never live in the file itself: ``api_token: ${JIRA_TOKEN}`` is read from the
+environment when the file is loaded, kept as ``SecretStr`` and never logged. Tests and the
+sandbox build ``Settings`` directly; code reads them from ``get_settings()`` (cached) or
+from the app's state, never from import-time globals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors import ConnectionConfig, config_for
+
+Scope = Literal["reviews:write", "reviews:read", "admin", "audit"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hash_api_key(key: str) -> str:
+    """API keys are stored as SHA-256 hashes (they are long random tokens, so no salt or KDF
+    is needed: nothing to brute-force)."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    scopes: list[Scope]
+
+
+class WorkerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int = Field(default=4, ge=1, le=64)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    lease_seconds: float = Field(default=120, gt=0)
+    max_attempts: int = Field(default=12, ge=1)
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = "sqlite:///hitl-bridge.db"
+    mappings_dir: Path = ROOT / "mappings"
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    callback_secret: SecretStr = Field(
+        default=SecretStr(""), description="Standard Webhooks secret (whsec_...) for agent callbacks."
+    )
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: int = 1_048_576
+    run_worker: bool = True
+    auto_migrate: bool = True
+    log_level: str = "INFO"
+    sandbox: bool = False
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("connections", mode="before")
+    @classmethod
+    def _vendor_models(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        out = {}
+        for name, value in raw.items():
+            if isinstance(value, ConnectionConfig):
+                out[name] = value
+            else:
+                out[name] = config_for({"name": name, **value})
+        return out
+
+    def key_by_hash(self) -> dict[str, ApiKey]:
+        return {key.hash: key for key in self.api_keys}
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is referenced in the config but not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    if path is None:
+        path = os.environ.get("HITL_BRIDGE_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    if "HITL_BRIDGE_DATABASE_URL" in os.environ:
+        data["database_url"] = os.environ["HITL_BRIDGE_DATABASE_URL"]
+    return Settings.model_validate(_expand(data))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

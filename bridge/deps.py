@@ -1,0 +1,46 @@
+"""FastAPI dependencies: the runtime and API-key authentication with scopes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .config import ApiKey, hash_api_key
+from .errors import AuthenticationError, ForbiddenError
+from .runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require(scope: str):
+    """A dependency that admits a bearer key holding ``scope`` (``admin`` holds every scope)."""
+
+    def check(request: Request, rt: RuntimeDep) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
+        key = rt.settings.key_by_hash().get(hash_api_key(token.strip()))
+        if key is None:
+            raise AuthenticationError("the API key is not valid", code="invalid_api_key")
+        if scope not in key.scopes and "admin" not in key.scopes:
+            raise ForbiddenError(
+                f"the API key {key.name!r} lacks the {scope!r} scope",
+                code="missing_scope",
+                details={"required": scope, "granted": key.scopes},
+            )
+        return key
+
+    return check
+
+
+WriteKey = Annotated[ApiKey, Depends(require("reviews:write"))]
+ReadKey = Annotated[ApiKey, Depends(require("reviews:read"))]
+AdminKey = Annotated[ApiKey, Depends(require("admin"))]
+AuditKey = Annotated[ApiKey, Depends(require("audit"))]

@@ -1,0 +1,125 @@
+"""The job outbox: enqueue in the caller's transaction, claim with a lease, finish or retry.
+
+A job is written in the same transaction as the state change that needs it, so a crash
+never loses one; a claimed job whose worker died is claimed again when its lease runs out.
+Connectors do the work only through ``worker``; this module never touches the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from tenacity import wait_exponential_jitter
+
+from .db import Database, utcnow
+from .models import Job
+
+ACTIVE = ("pending", "running")
+
+
+def enqueue(
+    session: Session,
+    review_id: str,
+    kind: str,
+    *,
+    dedupe_key: str | None = None,
+    payload: dict | None = None,
+    delay_seconds: float = 0.0,
+    max_attempts: int = 12,
+) -> Job | None:
+    """Add a job unless one with the same ``dedupe_key`` exists (then None)."""
+    key = dedupe_key or f"{kind}:{review_id}"
+    if session.execute(select(Job.id).where(Job.dedupe_key == key)).first():
+        return None
+    job = Job(
+        review_id=review_id,
+        kind=kind,
+        dedupe_key=key,
+        payload=payload or {},
+        run_at=utcnow() + timedelta(seconds=delay_seconds),
+        max_attempts=max_attempts,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        return None
+    return job
+
+
+def claim(db: Database, worker_id: str, *, lease_seconds: float) -> Job | None:
+    """Take the oldest due job (or one whose lease expired) for ``lease_seconds``."""
+    now = utcnow()
+    query = (
+        select(Job)
+        .where(
+            Job.state.in_(ACTIVE),
+            Job.run_at <= now,
+            or_(Job.locked_until.is_(None), Job.locked_until < now),
+        )
+        .order_by(Job.run_at, Job.id)
+        .limit(1)
+    )
+    if db.engine.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    with db.transaction() as session:
+        job = session.execute(query).scalar_one_or_none()
+        if job is None:
+            return None
+        job.state = "running"
+        job.locked_by = worker_id
+        job.locked_until = now + timedelta(seconds=lease_seconds)
+        job.attempts += 1
+        session.flush()
+        session.expunge(job)
+        return job
+
+
+def finish(session: Session, job_id: int) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id).values(state="done", finished_at=utcnow(), locked_until=None, last_error=None)
+    )
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What tenacity's wait strategies read from a retry state."""
+
+    attempt_number: int
+
+
+def backoff_seconds(attempt: int, *, initial: float, maximum: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter (tenacity's strategy), never sooner than Retry-After."""
+    delay = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)(_Attempt(attempt))  # type: ignore[arg-type]
+    return max(delay, retry_after or 0.0)
+
+
+def fail(session: Session, job: Job, error: str, *, retry_in: float | None) -> str:
+    """Reschedule (``retry_in`` seconds) or, out of attempts or not retryable, dead-letter."""
+    state = "pending" if retry_in is not None and job.attempts < job.max_attempts else "dead"
+    values = {"state": state, "last_error": error[:2000], "locked_until": None}
+    if state == "pending":
+        values["run_at"] = utcnow() + timedelta(seconds=retry_in or 0)
+    else:
+        values["finished_at"] = utcnow()
+    session.execute(update(Job).where(Job.id == job.id).values(**values))
+    return state
+
+
+def cancel_jobs(session: Session, review_id: str, kinds: tuple[str, ...]) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.review_id == review_id, Job.kind.in_(kinds), Job.state.in_(ACTIVE))
+        .values(state="cancelled", finished_at=utcnow(), locked_until=None)
+    )
+
+
+def queue_depth(session: Session) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(Job.kind, Job.state, func.count()).where(Job.state.in_(ACTIVE + ("dead",))).group_by(Job.kind, Job.state)
+    )
+    return {(kind, state): count for kind, state, count in rows}

@@ -1,0 +1,355 @@
+"""Use cases behind the API. Each runs in one database transaction and does no network I/O:
+anything that must reach another system is written to the outbox for the worker."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from connectors import TicketEvent
+
+from . import audit, outbox
+from .db import utcnow
+from .decide import overall_type
+from .errors import BridgeError, ConflictError, NotFoundError
+from .mapping import Mapping
+from .models import Job, Review, WebhookEvent, new_id
+from .runtime import Runtime
+from .schemas import (
+    DECIDED,
+    STATUS_FOR_DECISION,
+    Decision,
+    DecisionRecord,
+    DeliveryState,
+    ReviewOut,
+    ReviewPage,
+    ReviewRequest,
+    RouteOut,
+    Status,
+    TicketOut,
+)
+
+DELIVER, POST_REPLY, CREATE, SYNC, COMMENT, CLOSE, EXPIRE = (
+    "deliver_decision",
+    "post_reply",
+    "create_ticket",
+    "sync_ticket",
+    "ticket_comment",
+    "ticket_action",
+    "expire_review",
+)
+
+
+def request_hash(request: ReviewRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ----- submit ----------------------------------------------------------------------
+
+
+def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None) -> tuple[Review, bool]:
+    """Accept a review; returns (review, created). Same key and body: the same review."""
+    if request.origin and request.origin.connection not in rt.settings.connections:
+        raise BridgeError(
+            f"origin.connection {request.origin.connection!r} is not a configured connection",
+            code="unknown_connection",
+            details={"field": "origin.connection", "known": sorted(rt.settings.connections)},
+        )
+    digest = request_hash(request)
+    try:
+        with rt.db.transaction() as session:
+            if idempotency_key:
+                existing = _by_idempotency(session, api_key, idempotency_key)
+                if existing is not None:
+                    if existing.request_hash != digest:
+                        raise ConflictError(
+                            "this Idempotency-Key was used with a different request body",
+                            code="idempotency_conflict",
+                            details={"review_id": existing.id},
+                        )
+                    return existing, False
+            review = _create(session, rt, request, api_key=api_key, idempotency_key=idempotency_key, digest=digest)
+    except IntegrityError:
+        # Another request with the same key won the race: answer with its review.
+        with rt.db.transaction() as session:
+            existing = _by_idempotency(session, api_key, idempotency_key or "")
+            if existing is None:
+                raise
+            if existing.request_hash != digest:
+                raise ConflictError("this Idempotency-Key was used with a different request body", code="idempotency_conflict") from None
+            return existing, False
+    rt.wakeup.set()
+    rt.metrics.reviews.labels(review.status, review.route_name or "").inc()
+    return review, True
+
+
+def _by_idempotency(session: Session, api_key: str, key: str) -> Review | None:
+    return session.execute(
+        select(Review).where(Review.api_key_name == api_key, Review.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def _create(session: Session, rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None, digest: str) -> Review:
+    review_id = new_id("rev")
+    routed = rt.router.route(review_id, request)
+    review = Review(
+        id=review_id,
+        status=Status.queued,
+        title=request.title,
+        request=request.model_dump(mode="json"),
+        api_key_name=api_key,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        route_reason=routed.reason,
+    )
+    session.add(review)
+    audit.record(session, "review.submitted", actor=f"api_key:{api_key}", review_id=review_id, title=request.title)
+    if routed.route is None:
+        auto = [Decision(type="approve") for _ in request.action_requests]
+        apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=routed.reason)
+        return review
+    route = routed.route
+    mapping = rt.mapping(route.mapping)
+    review.route_name, review.route_mode = route.name, route.mode
+    review.mapping_name, review.mapping_version = mapping.name, mapping.version
+    review.mapping_snapshot = mapping.model_dump(mode="json")
+    review.ticket_connection = mapping.connection
+    if mapping.sla:
+        review.expires_at = utcnow() + timedelta(seconds=mapping.sla.expire_after_seconds)
+        outbox.enqueue(session, review_id, EXPIRE, delay_seconds=mapping.sla.expire_after_seconds)
+    outbox.enqueue(session, review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
+    audit.record(session, "review.routed", actor="bridge", review_id=review_id, route=route.name, mode=route.mode, mapping=mapping.name)
+    if route.mode == "shadow":
+        auto = [Decision(type="approve") for _ in request.action_requests]
+        apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=f"shadow route {route.name!r}: the agent is not held")
+    return review
+
+
+# ----- decisions -------------------------------------------------------------------
+
+
+def snapshot_mapping(review: Review) -> Mapping | None:
+    return Mapping.model_validate(review.mapping_snapshot) if review.mapping_snapshot else None
+
+
+def _ticket_out(review: Review) -> TicketOut | None:
+    if not review.ticket_key or not review.ticket_connection:
+        return None
+    return TicketOut(connection=review.ticket_connection, key=review.ticket_key, display=review.ticket_display, url=review.ticket_url)
+
+
+def apply_decision(
+    session: Session,
+    rt: Runtime,
+    review: Review,
+    decisions: list[Decision],
+    *,
+    reviewer: Any,
+    source: str,
+    reason: str | None = None,
+) -> None:
+    """Record a decision and queue everything it sets off (delivery, reply, ticket update)."""
+    request = ReviewRequest.model_validate(review.request)
+    record = DecisionRecord(
+        decisions=decisions, reviewer=reviewer, decided_at=utcnow(), ticket=_ticket_out(review), source=source, reason=reason
+    )
+    if review.route_mode == "shadow" and source == "ticket":
+        review.shadow_decision = record.model_dump(mode="json")
+        audit.record(session, "review.shadow_decided", actor=_actor(reviewer), review_id=review.id, decision=review.shadow_decision)
+        return
+    kind = overall_type(decisions)
+    review.status = Status.auto_approved if source == "route" else (Status.expired if source == "expiry" else STATUS_FOR_DECISION[kind])
+    review.decision = record.model_dump(mode="json")
+    review.decided_at = record.decided_at
+    audit.record(session, "review.decided", actor=_actor(reviewer), review_id=review.id, status=review.status, decision=review.decision)
+    outbox.cancel_jobs(session, review.id, (EXPIRE,))
+    if request.resume is not None:
+        outbox.enqueue(session, review.id, DELIVER, max_attempts=rt.settings.worker.max_attempts)
+    reply = final_reply(request, decisions)
+    if reply is not None and request.origin is not None:
+        outbox.enqueue(session, review.id, POST_REPLY, payload={"body": reply}, max_attempts=rt.settings.worker.max_attempts)
+    mapping = snapshot_mapping(review)
+    if source != "route" and mapping and (mapping.on_decided.fields or mapping.on_decided.comment):
+        outbox.enqueue(session, review.id, CLOSE, dedupe_key=f"on_decided:{review.id}", payload={"action": "on_decided"})
+    if source == "ticket" and review.created_at:
+        rt.metrics.time_to_decision.labels(review.route_name or "").observe((record.decided_at - review.created_at).total_seconds())
+    rt.metrics.reviews.labels(review.status, review.route_name or "").inc()
+
+
+def final_reply(request: ReviewRequest, decisions: list[Decision]) -> str | None:
+    """The text to post on the origin ticket: an approved or edited ``reply`` action."""
+    for action, decision in zip(request.action_requests, decisions):
+        if action.name != "reply":
+            continue
+        if decision.type == "approve":
+            return action.args.get("body")
+        if decision.type == "edit" and decision.edited_action:
+            return decision.edited_action.args.get("body")
+    return None
+
+
+def _actor(reviewer: Any) -> str:
+    if reviewer is None:
+        return "bridge"
+    return f"reviewer:{reviewer.email or reviewer.id or reviewer.name}"
+
+
+# ----- read ------------------------------------------------------------------------
+
+
+def get(rt: Runtime, review_id: str) -> ReviewOut:
+    with rt.db.transaction() as session:
+        review = session.get(Review, review_id)
+        if review is None:
+            raise NotFoundError(f"no review {review_id!r}")
+        return to_out(session, review)
+
+
+def _job_state(job: Job | None) -> DeliveryState:
+    if job is None:
+        return DeliveryState(state="not_needed")
+    state = {"pending": "pending", "running": "pending", "done": "delivered", "dead": "dead", "cancelled": "cancelled"}[job.state]
+    return DeliveryState(
+        state=state, attempts=job.attempts, last_error=job.last_error, delivered_at=job.finished_at if job.state == "done" else None
+    )
+
+
+def to_out(session: Session, review: Review) -> ReviewOut:
+    jobs = {
+        job.kind: job
+        for job in session.execute(select(Job).where(Job.review_id == review.id, Job.kind.in_((DELIVER, POST_REPLY)))).scalars()
+    }
+    request = ReviewRequest.model_validate(review.request)
+    if request.resume is None:
+        delivery = DeliveryState(state="delivered", delivered_at=review.delivered_at) if review.delivered_at else DeliveryState(state="pending")
+    else:
+        delivery = _job_state(jobs.get(DELIVER)) if DELIVER in jobs else DeliveryState(state="pending")
+    return ReviewOut(
+        id=review.id,
+        status=Status(review.status),
+        title=review.title,
+        created_at=review.created_at,
+        updated_at=review.updated_at,
+        route=RouteOut(name=review.route_name, mode=review.route_mode, mapping=review.mapping_name, reason=review.route_reason),
+        ticket=_ticket_out(review),
+        decision=DecisionRecord.model_validate(review.decision) if review.decision else None,
+        shadow_decision=DecisionRecord.model_validate(review.shadow_decision) if review.shadow_decision else None,
+        delivery=delivery,
+        postback=_job_state(jobs.get(POST_REPLY)),
+        error=review.error,
+        request=request,
+    )
+
+
+def _encode_cursor(review_id: str) -> str:
+    return base64.urlsafe_b64encode(review_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        value = ""
+    if not value.startswith("rev_"):
+        raise BridgeError("cursor is not one this API returned", code="invalid_cursor", details={"field": "cursor"})
+    return value
+
+
+def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit: int, cursor: str | None) -> ReviewPage:
+    query = select(Review).order_by(Review.id.desc()).limit(limit + 1)
+    if status:
+        query = query.where(Review.status == status)
+    if route:
+        query = query.where(Review.route_name == route)
+    if cursor:
+        query = query.where(Review.id < _decode_cursor(cursor))
+    with rt.db.transaction() as session:
+        rows = list(session.execute(query).scalars())
+        items = [to_out(session, r) for r in rows[:limit]]
+    return ReviewPage(items=items, next_cursor=_encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
+
+
+def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Review, bool]:
+    """For the long-poll: the review, and whether it has a decision to hand over now."""
+    with rt.db.transaction() as session:
+        review = session.get(Review, review_id)
+        if review is None:
+            raise NotFoundError(f"no review {review_id!r}")
+        ready = review.decision is not None
+        if ready and review.delivered_at is None and review.request.get("resume") is None:
+            review.delivered_at = utcnow()
+            audit.record(session, "decision.delivered", actor="bridge", review_id=review.id, via="long_poll")
+        session.expunge(review)
+        return review, ready
+
+
+# ----- cancel ----------------------------------------------------------------------
+
+
+def cancel(rt: Runtime, review_id: str, *, api_key: str) -> ReviewOut:
+    with rt.db.transaction() as session:
+        review = session.get(Review, review_id)
+        if review is None:
+            raise NotFoundError(f"no review {review_id!r}")
+        if review.status in {s.value for s in DECIDED} | {Status.auto_approved.value, Status.cancelled.value}:
+            raise ConflictError(f"review {review_id} is already {review.status}", code="already_final", details={"status": review.status})
+        review.status = Status.cancelled
+        outbox.cancel_jobs(session, review.id, (SYNC, EXPIRE))
+        if review.ticket_connection:
+            outbox.enqueue(session, review.id, CLOSE, dedupe_key=f"on_cancel:{review.id}", payload={"action": "on_cancel"})
+        audit.record(session, "review.cancelled", actor=f"api_key:{api_key}", review_id=review.id)
+        out = to_out(session, review)
+    rt.wakeup.set()
+    rt.metrics.reviews.labels(Status.cancelled, out.route.name or "").inc()
+    return out
+
+
+# ----- webhooks --------------------------------------------------------------------
+
+
+def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> dict[str, Any]:
+    """Record verified events once and queue a read-back of each ticket they name."""
+    outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
+    with rt.db.transaction() as session:
+        for event in events:
+            review = session.execute(
+                select(Review)
+                .where(Review.ticket_connection == connection, Review.ticket_key == event.ticket_key)
+                .order_by(Review.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if review is None:
+                outcome["unknown"] += 1
+                continue
+            if session.execute(
+                select(WebhookEvent.id).where(WebhookEvent.connection == connection, WebhookEvent.event_id == event.event_id)
+            ).first():
+                outcome["duplicate"] += 1
+                continue
+            session.add(WebhookEvent(connection=connection, event_id=event.event_id, ticket_key=event.ticket_key))
+            waiting = review.status == Status.open or (review.route_mode == "shadow" and review.shadow_decision is None)
+            if not waiting:
+                outcome["ignored"] += 1
+                continue
+            pending = session.execute(
+                select(Job.id).where(Job.review_id == review.id, Job.kind == SYNC, Job.state == "pending")
+            ).first()
+            if pending is None:
+                outbox.enqueue(session, review.id, SYNC, dedupe_key=f"sync:{review.id}:{event.event_id}")
+            outcome["accepted"] += 1
+        if events and outcome["unknown"] == len(events):
+            raise NotFoundError(
+                "the webhook names no ticket the bridge created",
+                code="unknown_ticket",
+                details={"tickets": sorted({e.ticket_key for e in events})},
+            )
+    rt.wakeup.set()
+    return outcome

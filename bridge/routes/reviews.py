@@ -1,0 +1,82 @@
+"""/v1/reviews: submit, read, long-poll, cancel, list."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from .. import reviews
+from ..deps import ReadKey, RuntimeDep, WriteKey
+from ..schemas import DecisionRecord, DecisionWaitOut, ErrorOut, ReviewOut, ReviewPage, ReviewRequest, Status
+
+router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
+ERRORS = {r: {"model": ErrorOut} for r in (400, 401, 403, 404, 409, 413, 422)}
+ReviewId = Annotated[str, Path(pattern=r"^rev_[0-9a-f]{28}$", description="The review's id.")]
+
+
+@router.post("", status_code=201, response_model=ReviewOut, responses=ERRORS)
+def submit_review(
+    body: ReviewRequest,
+    rt: RuntimeDep,
+    key: WriteKey,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> ReviewOut:
+    review, created = reviews.submit(rt, body, api_key=key.name, idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/reviews/{review.id}"
+    return reviews.get(rt, review.id)
+
+
+@router.get("", response_model=ReviewPage, responses=ERRORS)
+def list_reviews(
+    rt: RuntimeDep,
+    key: ReadKey,
+    status: Status | None = None,
+    route: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ReviewPage:
+    return reviews.list_reviews(rt, status=status, route=route, limit=limit, cursor=cursor)
+
+
+@router.get("/{review_id}", response_model=ReviewOut, responses=ERRORS)
+def get_review(review_id: ReviewId, rt: RuntimeDep, key: ReadKey) -> ReviewOut:
+    return reviews.get(rt, review_id)
+
+
+@router.get(
+    "/{review_id}/decision",
+    response_model=DecisionWaitOut,
+    responses={**ERRORS, 202: {"model": DecisionWaitOut, "description": "No decision yet."}},
+)
+async def wait_for_decision(
+    review_id: ReviewId,
+    rt: RuntimeDep,
+    key: ReadKey,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a decision.")] = 0,
+):
+    """Long-poll: 200 with the decision as soon as there is one, else 202 with the status."""
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        review, ready = await run_in_threadpool(reviews.decision_if_ready, rt, review_id)
+        if ready:
+            return DecisionWaitOut(id=review.id, status=Status(review.status), decision=DecisionRecord.model_validate(review.decision))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            body = DecisionWaitOut(id=review.id, status=Status(review.status))
+            return JSONResponse(body.model_dump(mode="json"), status_code=202)
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, 0.5)
+
+
+@router.post("/{review_id}/cancel", response_model=ReviewOut, responses=ERRORS)
+def cancel_review(review_id: ReviewId, rt: RuntimeDep, key: WriteKey) -> ReviewOut:
+    return reviews.cancel(rt, review_id, api_key=key.name)

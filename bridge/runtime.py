@@ -1,0 +1,72 @@
+"""What a running bridge holds: settings, database, mappings, routes, connectors, metrics.
+
+Mappings and routes are read from ``settings.mappings_dir`` at start and on ``reload()``;
+a review keeps a snapshot of the mapping it was rendered with, so reloading never changes
+a review already open.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from connectors import Connector, Person, connector_for
+
+from .config import Settings
+from .db import Database
+from .errors import MappingError, NotFoundError
+from .mapping import Mapping, load_mappings
+from .metrics import Metrics
+from .routing import Router, load_routes
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None):
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.metrics = metrics or Metrics()
+        self._local = threading.local()
+        self._accounts: dict[str, Person] = {}
+        self.wakeup = threading.Event()
+        self.reload()
+
+    def reload(self) -> None:
+        mappings = load_mappings(self.settings.mappings_dir)
+        for mapping in mappings.values():
+            if mapping.connection not in self.settings.connections:
+                raise MappingError(
+                    f"mapping {mapping.name!r} names connection {mapping.connection!r}, which is not configured",
+                    details=[{"file": f"{mapping.name}.yaml", "field": "connection", "reason": "unknown connection"}],
+                )
+        router = Router(load_routes(self.settings.mappings_dir))
+        router.check_mappings(mappings, set(self.settings.connections))
+        self.mappings, self.router = mappings, router
+
+    def mapping(self, name: str) -> Mapping:
+        try:
+            return self.mappings[name]
+        except KeyError:
+            raise NotFoundError(f"no mapping named {name!r}") from None
+
+    def connector(self, connection: str) -> Connector:
+        """One connector per connection per thread (client libraries' sessions are not
+        safe to share between threads)."""
+        cache = self._local.__dict__.setdefault("connectors", {})
+        if connection not in cache:
+            config = self.settings.connections.get(connection)
+            if config is None:
+                raise NotFoundError(f"no connection named {connection!r}")
+            cache[connection] = connector_for(config)
+        return cache[connection]
+
+    def bridge_account(self, connection: str) -> Person:
+        if connection not in self._accounts:
+            self._accounts[connection] = self.connector(connection).check()
+        return self._accounts[connection]
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    @cached_property
+    def callback_secret(self) -> str:
+        return self.settings.callback_secret.get_secret_value()

@@ -1,0 +1,352 @@
+"""The worker: claims outbox jobs and does all network work (tickets, callbacks, replies).
+
+Each job does its I/O first, then records the result and marks itself done in one
+transaction. Every handler is safe to run again after a crash at any point: ticket
+creation finds the ticket it made before, a reply is not posted twice, a callback keeps its
+``webhook-id``. Retries are decided here and only here: connector errors say whether a
+retry can help (``RetryableError``, with ``Retry-After`` for 429s), tenacity's backoff says
+when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+import httpx2
+from sqlalchemy.orm import Session
+from standardwebhooks import Webhook
+
+from connectors.errors import ConnectorError, PermanentError, RateLimitedError, RetryableError
+
+from . import audit, outbox, reviews
+from .db import utcnow
+from .decide import Decided, Refused, decide
+from .errors import MappingError
+from .logs import correlation
+from .mapping import ReplySpec, render_action, render_ticket, render_value, template_context
+from .models import Job, Review
+from .runtime import Runtime
+from .schemas import Decision, DecisionRecord, ReviewRequest, Status
+
+log = logging.getLogger("bridge.worker")
+
+
+class CallbackError(RetryableError):
+    pass
+
+
+class Worker:
+    def __init__(self, rt: Runtime, *, name: str | None = None):
+        self.rt = rt
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._http = httpx2.Client(timeout=10.0)
+        self.handlers: dict[str, Callable[[Job], None]] = {
+            reviews.CREATE: self.create_ticket,
+            reviews.SYNC: self.sync_ticket,
+            reviews.DELIVER: self.deliver_decision,
+            reviews.POST_REPLY: self.post_reply,
+            reviews.COMMENT: self.comment_on_ticket,
+            reviews.CLOSE: self.ticket_action,
+            reviews.EXPIRE: self.expire_review,
+        }
+
+    # ----- loop ------------------------------------------------------------------------
+    def start(self) -> None:
+        for n in range(self.rt.settings.worker.concurrency):
+            thread = threading.Thread(target=self._loop, name=f"worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the jobs in hand, claim no more (SIGTERM, shutdown)."""
+        self._stop.set()
+        self.rt.wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+        self._http.close()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _loop(self) -> None:
+        interval = self.rt.settings.worker.poll_interval_seconds
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the loop must survive anything, e.g. a database restart
+                log.exception("worker.loop_error")
+                worked = False
+            if not worked:
+                self.rt.wakeup.wait(interval)
+                self.rt.wakeup.clear()
+
+    def run_once(self) -> bool:
+        job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
+        if job is None:
+            return False
+        with correlation(job.review_id):
+            self._run(job)
+        return True
+
+    def _run(self, job: Job) -> None:
+        handler = self.handlers[job.kind]
+        settings = self.rt.settings.worker
+        try:
+            handler(job)
+        except (PermanentError, MappingError) as exc:
+            self._failed(job, exc, retry_in=None)
+        except ConnectorError as exc:
+            retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+            delay = outbox.backoff_seconds(
+                job.attempts, initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds, retry_after=retry_after
+            )
+            self._failed(job, exc, retry_in=delay)
+        except Exception as exc:
+            log.exception("job.crashed", extra={"job_id": job.id, "kind": job.kind})
+            delay = outbox.backoff_seconds(job.attempts, initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds)
+            self._failed(job, exc, retry_in=delay)
+        else:
+            self.rt.metrics.job_runs.labels(job.kind, "done").inc()
+
+    def _failed(self, job: Job, exc: Exception, *, retry_in: float | None) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        with self.rt.db.transaction() as session:
+            state = outbox.fail(session, job, error, retry_in=retry_in)
+            if state == "dead":
+                self._dead(session, job, error)
+        self.rt.metrics.job_runs.labels(job.kind, state).inc()
+        if state == "pending":
+            self.rt.metrics.job_retries.labels(job.kind).inc()
+        log.warning("job.failed", extra={"job_id": job.id, "kind": job.kind, "state": state, "error": error, "retry_in": retry_in})
+
+    def _dead(self, session: Session, job: Job, error: str) -> None:
+        review = session.get(Review, job.review_id)
+        if review is None:
+            return
+        audit.record(session, "job.dead", actor="bridge", review_id=review.id, kind=job.kind, error=error)
+        if job.kind == reviews.CREATE and review.status == Status.queued:
+            review.status = Status.failed
+            review.error = {"code": "ticket_not_created", "message": error}
+
+    # ----- helpers ---------------------------------------------------------------------
+    def _load(self, review_id: str) -> Review:
+        with self.rt.db.transaction() as session:
+            review = session.get(Review, review_id)
+            session.expunge(review)
+            return review
+
+    def _finish(self, job: Job, apply: Callable[[Session, Review], None] | None = None) -> None:
+        with self.rt.db.transaction() as session:
+            if apply is not None:
+                review = session.get(Review, job.review_id, with_for_update=True)
+                apply(session, review)
+            outbox.finish(session, job.id)
+
+    # ----- handlers --------------------------------------------------------------------
+    def create_ticket(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        if review.ticket_key or review.status not in (Status.queued, Status.auto_approved):
+            return self._finish(job)
+        mapping = reviews.snapshot_mapping(review)
+        request = ReviewRequest.model_validate(review.request)
+        connector = self.rt.connector(mapping.connection)
+        rendered = render_ticket(mapping, review.id, request, bridge_url=self.rt.settings.public_url)
+        origin = request.origin
+        if mapping.ticket.target == "origin" and origin and origin.connection == mapping.connection:
+            ticket = connector.get_ticket(origin.ticket_id)
+            if rendered.fields:
+                connector.update_ticket(ticket.ref.key, rendered.fields)
+            if rendered.comment and not any(c.by_bridge and review.id in c.body for c in ticket.comments):
+                connector.add_comment(ticket.ref.key, rendered.comment, public=False)
+            ref, adopted = ticket.ref, False
+        else:
+            ref = connector.find_ticket(review.id)
+            adopted = ref is not None
+            if ref is None:
+                ref = connector.create_ticket(rendered.fields, review_id=review.id)
+            if rendered.comment:
+                existing = connector.get_ticket(ref.key).comments if adopted else ()
+                if not any(c.by_bridge and c.body.strip() == rendered.comment.strip() for c in existing):
+                    connector.add_comment(ref.key, rendered.comment, public=False)
+
+        def apply(session: Session, row: Review) -> None:
+            row.ticket_key, row.ticket_display, row.ticket_url = ref.key, ref.display, ref.url
+            if row.status == Status.queued:
+                row.status = Status.open
+            audit.record(session, "ticket.created", actor="bridge", review_id=row.id, connection=mapping.connection,
+                         key=ref.key, display=ref.display, adopted=adopted)
+            self.rt.metrics.reviews.labels(row.status, row.route_name or "").inc()
+
+        self._finish(job, apply)
+
+    def sync_ticket(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        if not _waiting(review):
+            return self._finish(job)
+        mapping = reviews.snapshot_mapping(review)
+        request = ReviewRequest.model_validate(review.request)
+        ticket = self.rt.connector(mapping.connection).get_ticket(review.ticket_key)
+        account = self.rt.bridge_account(mapping.connection)
+        result = decide(ticket, mapping, request, since=review.created_at, bridge_account=account)
+
+        def apply(session: Session, row: Review) -> None:
+            if not _waiting(row) or result is None:
+                return
+            if isinstance(result, Decided):
+                reviews.apply_decision(session, self.rt, row, result.decisions, reviewer=result.reviewer, source="ticket")
+                return
+            assert isinstance(result, Refused)
+            fingerprint = hashlib.sha256(f"{result.reason}|{ticket.status}|{ticket.updated}".encode()).hexdigest()[:32]
+            if row.refusal == fingerprint:
+                return
+            row.refusal = fingerprint
+            reviewer = result.reviewer.model_dump() if result.reviewer else None
+            audit.record(session, "decision.refused", actor="bridge", review_id=row.id, reason=result.reason, reviewer=reviewer)
+            body = f"hitl-bridge could not accept this decision: {result.reason}. The review is still open."
+            outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"refusal:{row.id}:{fingerprint}", payload={"body": body})
+
+        self._finish(job, apply)
+
+    def deliver_decision(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        request = ReviewRequest.model_validate(review.request)
+        if review.decision is None or request.resume is None:
+            return self._finish(job)
+        record = DecisionRecord.model_validate(review.decision)
+        if request.resume.callback_url is not None:
+            self._post_callback(str(request.resume.callback_url), review, record)
+        else:
+            from .langgraph import resume_thread  # optional path, imported only when used
+
+            resume_thread(request.resume.langgraph, record)
+
+        def apply(session: Session, row: Review) -> None:
+            row.delivered_at = utcnow()
+            audit.record(session, "decision.delivered", actor="bridge", review_id=row.id,
+                         via="callback" if request.resume.callback_url else "langgraph", attempts=job.attempts)
+            if row.ticket_key and row.route_mode != "shadow":
+                outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"delivered:{row.id}",
+                               payload={"body": f"hitl-bridge: the decision ({row.status}) reached the agent."})
+
+        self._finish(job, apply)
+
+    def _post_callback(self, url: str, review: Review, record: DecisionRecord) -> None:
+        body = json.dumps(
+            {
+                "type": "review.decided",
+                "review_id": review.id,
+                "status": review.status,
+                "decisions": [d.as_langchain() for d in record.decisions],
+                "decision": record.model_dump(mode="json"),
+            },
+            separators=(",", ":"),
+        )
+        message_id = f"msg_{review.id}"  # stable across retries: agents deduplicate on it
+        timestamp = datetime.now(tz=utcnow().tzinfo)
+        signature = Webhook(self.rt.callback_secret).sign(message_id, timestamp, body)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": signature,
+        }
+        try:
+            response = self._http.post(url, content=body.encode(), headers=headers)
+        except httpx2.HTTPError as exc:
+            raise CallbackError(f"callback failed: {type(exc).__name__}", operation="deliver_decision") from exc
+        if response.status_code == 410:
+            raise PermanentError("the agent answered 410 Gone", status=410, operation="deliver_decision")
+        if not 200 <= response.status_code < 300:
+            retry_after = response.headers.get("retry-after")
+            if response.status_code == 429:
+                raise RateLimitedError("the agent is rate limiting callbacks", status=429, operation="deliver_decision",
+                                       retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+            raise CallbackError("the agent did not accept the callback", status=response.status_code, operation="deliver_decision")
+
+    def post_reply(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        request = ReviewRequest.model_validate(review.request)
+        mapping = reviews.snapshot_mapping(review)
+        spec = mapping.reply if mapping else ReplySpec()
+        origin = request.origin
+        body = job.payload["body"]
+        connector = self.rt.connector(origin.connection)
+        ticket = connector.get_ticket(origin.ticket_id)
+        already = any(c.by_bridge and c.body.strip() == body.strip() for c in ticket.comments)
+        if not already:
+            connector.add_comment(ticket.ref.key, body, public=spec.public)
+        if spec.fields:
+            fields = render_value(spec.fields, template_context(review.id, request), "reply.fields")
+            connector.update_ticket(ticket.ref.key, fields)
+
+        def apply(session: Session, row: Review) -> None:
+            audit.record(session, "reply.posted", actor="bridge", review_id=row.id, connection=origin.connection,
+                         ticket=ticket.ref.key, already_there=already)
+
+        self._finish(job, apply)
+
+    def comment_on_ticket(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        if not review.ticket_key:
+            return self._finish(job)
+        connector = self.rt.connector(review.ticket_connection)
+        body = job.payload["body"]
+        comments = connector.get_ticket(review.ticket_key).comments
+        if not any(c.by_bridge and c.body.strip() == body.strip() for c in comments):
+            connector.add_comment(review.ticket_key, body, public=bool(job.payload.get("public", False)))
+        self._finish(job)
+
+    def ticket_action(self, job: Job) -> None:
+        review = self._load(job.review_id)
+        mapping = reviews.snapshot_mapping(review)
+        if not review.ticket_key or mapping is None:
+            return self._finish(job)
+        spec = getattr(mapping, job.payload["action"])
+        context = template_context(review.id, ReviewRequest.model_validate(review.request), status=review.status)
+        action = render_action(spec, context, job.payload["action"])
+        connector = self.rt.connector(review.ticket_connection)
+        if action.comment:
+            comments = connector.get_ticket(review.ticket_key).comments
+            if not any(c.by_bridge and c.body.strip() == action.comment.strip() for c in comments):
+                connector.add_comment(review.ticket_key, action.comment, public=action.public)
+        if action.fields:
+            connector.update_ticket(review.ticket_key, action.fields)
+
+        def apply(session: Session, row: Review) -> None:
+            audit.record(session, f"ticket.{job.payload['action']}", actor="bridge", review_id=row.id, fields=action.fields)
+
+        self._finish(job, apply)
+
+    def expire_review(self, job: Job) -> None:
+        def apply(session: Session, row: Review) -> None:
+            if row.status not in (Status.open, Status.queued):
+                return
+            mapping = reviews.snapshot_mapping(row)
+            sla = mapping.sla
+            request = ReviewRequest.model_validate(row.request)
+            decisions = [
+                Decision(type=sla.on_expire, message=sla.message if sla.on_expire == "reject" else None)
+                for _ in request.action_requests
+            ]
+            reviews.apply_decision(session, self.rt, row, decisions, reviewer=None, source="expiry", reason=sla.message)
+            if row.ticket_key:
+                outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"expired:{row.id}",
+                               payload={"body": f"hitl-bridge: {sla.message} Applied: {sla.on_expire}."})
+
+        self._finish(job, apply)
+
+
+def _waiting(review: Review) -> bool:
+    if review.status == Status.open:
+        return True
+    return review.route_mode == "shadow" and review.ticket_key is not None and review.shadow_decision is None

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import Recorder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SHARED_CONTRACTS = ROOT.parent / "shared" / "contracts"
+
+
+@pytest.fixture
+def recorder():
+    rec = Recorder().start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture
+def contracts() -> Path:
+    """The vendors' documented payloads, beside the repo; tests that read them skip without it."""
+    if not SHARED_CONTRACTS.is_dir():
+        pytest.skip("../shared/contracts is not beside this checkout")
+    return SHARED_CONTRACTS

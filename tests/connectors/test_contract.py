@@ -1,0 +1,162 @@
+"""The one suite every connector passes, against its own emulator over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.mapping import parse_mapping
+from connectors import config_for, connector_for
+from connectors.emulators import EMULATORS, Act, start_emulator
+from connectors.errors import (
+    AuthError,
+    RateLimitedError,
+    RemoteNotFoundError,
+    RetryableError,
+    WebhookVerificationError,
+)
+from helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+VENDORS = sorted(EMULATORS)
+
+
+class System:
+    def __init__(self, vendor: str, recorder):
+        self.vendor = vendor
+        self.emulator = EMULATORS[vendor](webhook_url=recorder.url + "/hook")
+        self.running = start_emulator(self.emulator)
+        self.recorder = recorder
+        self.config = config_for(self.running.connection(vendor))
+        self.connector = connector_for(self.config)
+        self.mapping = parse_mapping((ROOT / "mappings" / f"{vendor}_review.yaml").read_text(), file=f"{vendor}_review.yaml")
+
+    def connector_with(self, **overrides):
+        return connector_for(config_for(self.running.connection(self.vendor, **overrides)))
+
+    def create(self, review_id: str = "rev_contract_1"):
+        return self.connector.create_ticket(self.emulator.contract_fields(), review_id=review_id)
+
+    def close(self):
+        self.connector.close()
+        self.running.stop()
+
+
+@pytest.fixture(params=VENDORS)
+def system(request, recorder):
+    sys_ = System(request.param, recorder)
+    yield sys_
+    sys_.close()
+
+
+def test_check_returns_the_bridge_account(system):
+    me = system.connector.check()
+    assert me.id
+
+
+def test_create_then_get_and_find(system):
+    ref = system.create("rev_abc")
+    assert ref.key and ref.url and ref.display
+    ticket = system.connector.get_ticket(ref.key)
+    assert ticket.ref.key == ref.key
+    assert system.connector.find_ticket("rev_abc") == ref
+    assert system.connector.find_ticket("rev_nobody") is None
+
+
+def test_find_after_lost_response(system):
+    """The upstream stores the ticket but its answer never arrives: find_ticket recovers it."""
+    slow = system.connector_with(timeout_seconds=0.5)
+    system.emulator.settings.write_delay_ms = 1500
+    with pytest.raises(RetryableError):
+        slow.create_ticket(system.emulator.contract_fields(), review_id="rev_lost")
+    system.emulator.settings.write_delay_ms = 0
+    found = system.connector.find_ticket("rev_lost")
+    assert found is not None
+    assert len([t for t in system.emulator.list_tickets() if t["key"] == found.key]) == 1
+    slow.close()
+
+
+def test_comments_keep_their_visibility(system):
+    ref = system.create()
+    system.connector.add_comment(ref.key, "internal note for reviewers", public=False)
+    system.connector.add_comment(ref.key, "hello customer", public=True)
+    comments = system.connector.get_ticket(ref.key).comments
+    bodies = {c.body.strip(): c for c in comments}
+    assert "internal note for reviewers" in bodies and "hello customer" in bodies
+    assert bodies["hello customer"].public is True
+    assert bodies["hello customer"].by_bridge is True
+
+
+def test_reviewer_decision_is_read_back_after_a_signed_webhook(system):
+    ref = system.create("rev_decide")
+    system.emulator.act(Act(key=ref.key, action="approve", body="Looks right to me"))
+    delivered = wait_for(lambda: [r for r in system.recorder.requests if r.path == "/hook"], what="webhook")
+    events = []
+    for hit in delivered:
+        events += system.connector.verify_and_parse_webhook(hit.headers, hit.body)
+    assert ref.key in {e.ticket_key for e in events}
+    assert all(e.event_id for e in events)
+    ticket = system.connector.get_ticket(ref.key)
+    spec = system.mapping.decision
+    values = ticket.fields.get(spec.field)
+    candidates = set(values) if isinstance(values, list) else {values, ticket.labels.get(spec.field)}
+    assert {k for k, v in spec.values.items() if v == "approve"} & {str(c) for c in candidates if c is not None}
+    assert ticket.changed_by is not None and ticket.changed_by.id
+    assert any(c.body.strip() == "Looks right to me" and not c.by_bridge for c in ticket.comments)
+
+
+def test_tampered_webhook_is_refused(system):
+    ref = system.create("rev_tamper")
+    system.emulator.act(Act(key=ref.key, action="comment", body="a comment"))
+    hit = wait_for(lambda: [r for r in system.recorder.requests if r.path == "/hook"], what="webhook")[0]
+    with pytest.raises(WebhookVerificationError):
+        system.connector.verify_and_parse_webhook(hit.headers, hit.body + b" ")
+    unsigned = {k: v for k, v in hit.headers.items() if "sign" not in k.lower() and "hub" not in k.lower()}
+    with pytest.raises(WebhookVerificationError):
+        system.connector.verify_and_parse_webhook(unsigned, hit.body)
+
+
+def test_rate_limit_is_classified_with_retry_after(system):
+    ref = system.create()
+    system.emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 2}]
+    with pytest.raises(RateLimitedError) as caught:
+        system.connector.get_ticket(ref.key)
+    assert caught.value.retry_after == 2
+    assert system.connector.get_ticket(ref.key).ref.key == ref.key
+
+
+def test_server_error_is_retryable(system):
+    ref = system.create()
+    system.emulator.settings.faults = [{"status": 503, "times": 1}]
+    with pytest.raises(RetryableError):
+        system.connector.get_ticket(ref.key)
+
+
+def test_unknown_ticket_is_not_found(system):
+    with pytest.raises(RemoteNotFoundError):
+        system.connector.get_ticket(system.emulator.missing_key())
+
+
+def test_bad_credentials_are_auth_errors(system):
+    bad = system.connector_with(**system.emulator.bad_credentials())
+    with pytest.raises(AuthError):
+        bad.check()
+    bad.close()
+
+
+def test_update_moves_the_status(system):
+    ref = system.create()
+    status = system.emulator.contract_close_status()
+    system.connector.update_ticket(ref.key, {"status": status})
+    assert system.connector.get_ticket(ref.key).status == status
+
+
+def test_errors_never_leak_secrets(system):
+    bad = system.connector_with(**system.emulator.bad_credentials())
+    with pytest.raises(AuthError) as caught:
+        bad.check()
+    for value in system.emulator.bad_credentials().values():
+        if isinstance(value, str) and len(value) > 6:
+            assert value not in str(caught.value)
+    bad.close()
