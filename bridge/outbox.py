@@ -94,7 +94,7 @@ class _Attempt:
 
 def backoff_seconds(attempt: int, *, initial: float, maximum: float, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter (tenacity's strategy), never sooner than Retry-After."""
-    delay = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)(_Attempt(attempt))  # type: ignore[arg-type]
+    delay = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)(_Attempt(attempt))  # type: ignore[arg-type]
     return max(delay, retry_after or 0.0)
 
 

@@ -133,7 +133,7 @@ class Worker:
         review = session.get(Review, job.review_id)
         if review is None:
             return
-        audit.record(session, "job.dead", actor="bridge", review_id=review.id, kind=job.kind, error=error)
+        audit.record(session, "job.dead", actor="bridge", review_id=review.id, job=job.kind, error=error)
         if job.kind == reviews.CREATE and review.status == Status.queued:
             review.status = Status.failed
             review.error = {"code": "ticket_not_created", "message": error}

@@ -1,0 +1,21 @@
+# Two commands on a fresh machine: `make sandbox` (run) and `make test` (every test).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: sandbox test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+sandbox: $(BIN)/.installed
+	$(BIN)/hitl-bridge serve --sandbox
+
+test: $(BIN)/.installed
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,77 @@
+"""The audit trail is append-only in effect: any edit, deletion or reordering is caught."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, select, update
+from typer.testing import CliRunner
+
+from bridge import audit
+from bridge.cli import app
+from bridge.db import Database
+from bridge.migrate import upgrade
+from bridge.models import AuditEvent
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade(url)
+    database = Database(url)
+    with database.transaction() as session:
+        for n in range(5):
+            audit.record(session, "review.submitted", actor="api_key:agent", review_id=f"rev_{n}", n=n)
+    yield database
+    database.dispose()
+
+
+def verify(db):
+    with db.transaction() as session:
+        return audit.verify(session)
+
+
+def test_intact_chain_verifies(db):
+    result = verify(db)
+    assert result.ok and result.checked == 5
+
+
+def test_edited_event_is_caught(db):
+    with db.transaction() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.id == 3).values(actor="api_key:mallory"))
+    result = verify(db)
+    assert not result.ok and "event 3" in result.problem
+
+
+def test_deleted_event_is_caught(db):
+    with db.transaction() as session:
+        session.execute(delete(AuditEvent).where(AuditEvent.id == 2))
+    assert not verify(db).ok
+
+
+def test_deleted_newest_event_is_caught(db):
+    with db.transaction() as session:
+        session.execute(delete(AuditEvent).where(AuditEvent.id == 5))
+    assert not verify(db).ok
+
+
+def test_reordered_events_are_caught(db):
+    with db.transaction() as session:
+        rows = {e.id: e for e in session.execute(select(AuditEvent)).scalars()}
+        a, b = rows[2], rows[4]
+        fields = ("review_id", "at", "actor", "kind", "data", "prev_hash", "hash")
+        va, vb = [getattr(a, f) for f in fields], [getattr(b, f) for f in fields]
+        for f, x, y in zip(fields, va, vb):
+            setattr(a, f, y)
+            setattr(b, f, x)
+    assert not verify(db).ok
+
+
+def test_cli_verify(db, tmp_path, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"database_url: {db.url}\n")
+    ok = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert ok.exit_code == 0 and "5 events" in ok.output
+    with db.transaction() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.id == 1).values(data={"n": 99}))
+    bad = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
+    assert bad.exit_code == 1 and "event 1" in bad.output

@@ -1,0 +1,132 @@
+"""Decisions are checked before anything is sent; refusals are answered on the ticket;
+upstream faults delay work without losing or duplicating it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import Bridge
+from helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+JIRA = yaml.safe_load((ROOT / "mappings" / "jira_review.yaml").read_text())
+
+
+def variant(name: str, **changes) -> str:
+    data = {**JIRA, "name": name, **changes}
+    return yaml.safe_dump(data)
+
+
+ROUTES = """
+routes:
+  - {name: strict, when: "metadata.queue == 'strict'", mapping: strict_review}
+  - {name: broken, when: "metadata.queue == 'broken'", mapping: broken_review}
+  - {name: timed, when: "metadata.queue == 'timed'", mapping: timed_review}
+  - {name: jira-queue, when: "metadata.queue == 'jira'", mapping: jira_review}
+"""
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory):
+    broken_fields = {**JIRA["ticket"]["fields"], "customfield_99999": "x"}
+    b = Bridge(
+        tmp_path_factory.mktemp("decisions"),
+        routes=ROUTES,
+        mappings={
+            "strict_review": variant("strict_review", reviewers={"allow": ["bob@example.com"]}),
+            "broken_review": variant("broken_review", ticket={"fields": broken_fields}),
+            "timed_review": variant("timed_review", sla={"expire_after_seconds": 1, "on_expire": "reject", "message": "Nobody decided in time."}),
+        },
+    ).start()
+    yield b
+    b.stop()
+
+
+def comments(bridge, key):
+    return [c["body"] for c in bridge.ticket("jira", key)["comments"]]
+
+
+def wait_comment(bridge, key, text):
+    return wait_for(lambda: any(text in body for body in comments(bridge, key)), what=f"comment containing {text!r}")
+
+
+def test_unlisted_reviewer_is_refused_on_the_ticket_and_the_review_stays_open(bridge):
+    review = bridge.submit(metadata={"queue": "strict"})
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    bridge.act("jira", key, "approve", user="alice")
+    wait_comment(bridge, key, "alice@example.com is not allowed to decide")
+    assert bridge.review(review["id"])["status"] == "open"
+    bridge.act("jira", key, "comment", "Moving back for Bob", user="alice")
+    bridge.act("jira", key, "reject", "Not with this evidence.", user="bob")
+    decided = bridge.wait_status(review["id"], "rejected")
+    assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
+
+
+def test_requester_cannot_approve_their_own_review(bridge):
+    review = bridge.submit(requested_by="alice@example.com")
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    bridge.act("jira", key, "approve", user="alice")
+    wait_comment(bridge, key, "four-eyes")
+    assert bridge.review(review["id"])["status"] == "open"
+    assert not bridge.callbacks_for(review["id"])
+
+
+def test_edit_that_is_not_allowed_is_refused(bridge):
+    review = bridge.submit(allowed_decisions=["approve", "reject"])
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 1}')
+    wait_comment(bridge, key, "'edit' is not allowed for 'issue_refund'; allowed: approve, reject")
+    assert bridge.review(review["id"])["status"] == "open"
+
+
+def test_edit_must_fit_the_tools_schema_and_keep_its_name(bridge):
+    schema = {"type": "object", "properties": {"order_id": {"type": "string"}, "amount": {"type": "number", "maximum": 1000}},
+              "required": ["order_id", "amount"], "additionalProperties": False}
+    review = bridge.submit(action_requests=[{"name": "issue_refund", "args": {"order_id": "A-100", "amount": 750}, "args_schema": schema}])
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 5000}')
+    wait_comment(bridge, key, "do not fit 'issue_refund': amount: 5000 is greater than the maximum of 1000")
+    bridge.act("jira", key, "comment", "trying again", user="bob")
+    bridge.act("jira", key, "edit", '{"name": "delete_account", "args": {}}', user="bob")
+    wait_comment(bridge, key, "may not change the tool name")
+    bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 400}', user="bob")
+    decided = bridge.wait_status(review["id"], "edited")
+    assert decided["decision"]["decisions"][0]["edited_action"] == {"name": "issue_refund", "args": {"order_id": "A-100", "amount": 400}}
+
+
+def test_rate_limit_burst_is_retried_without_a_duplicate_ticket(bridge):
+    jira = bridge.emulators["jira"].emulator
+    jira.settings.faults = [{"status": 429, "times": 3, "retry_after": 1, "method": "POST", "path_prefix": "/rest/api/2/issue"}]
+    review = bridge.submit()
+    opened = bridge.wait_ticket(review["id"])
+    assert opened["status"] == "open"
+    assert len([t for t in bridge.tickets() if f"hitl-{review['id']}" in t["fields"]["labels"]]) == 1
+    with bridge.client("admin") as client:
+        kinds = [e["kind"] for e in client.get("/v1/audit", params={"review_id": review["id"]}).json()["items"]]
+    assert kinds.count("ticket.created") == 1
+
+
+def test_a_mapping_the_project_cannot_take_fails_with_its_error(bridge):
+    review = bridge.submit(metadata={"queue": "broken"})
+    failed = bridge.wait_status(review["id"], "failed")
+    assert "customfield_99999" in failed["error"]["message"]
+    assert failed["ticket"] is None
+
+
+def test_sla_expiry_applies_on_expire_once(bridge):
+    review = bridge.submit(metadata={"queue": "timed"})
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    expired = bridge.wait_status(review["id"], "expired")
+    assert expired["decision"]["source"] == "expiry"
+    assert expired["decision"]["decisions"] == [{"type": "reject", "edited_action": None, "message": "Nobody decided in time."}]
+    wait_comment(bridge, key, "Nobody decided in time.")
+    wait_for(lambda: len(bridge.callbacks_for(review["id"])) == 1, what="one callback")
+    bridge.act("jira", key, "approve", user="bob")
+    import time
+
+    time.sleep(0.5)
+    assert bridge.review(review["id"])["status"] == "expired"
+    assert len(bridge.callbacks_for(review["id"])) == 1
