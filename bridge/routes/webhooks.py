@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from connectors.errors import WebhookVerificationError
@@ -27,8 +28,6 @@ async def receive_webhook(connection: str, request: Request, rt: RuntimeDep) -> 
     if connection not in rt.settings.connections:
         rt.metrics.webhooks.labels("unknown", "unknown_connection").inc()
         raise NotFoundError(f"no connection named {connection!r}", code="unknown_connection")
-    from fastapi.concurrency import run_in_threadpool
-
     return await run_in_threadpool(_handle, rt, connection, dict(request.headers), raw_body)
 
 
@@ -40,15 +39,19 @@ def _handle(rt, connection: str, headers: dict[str, str], raw_body: bytes) -> Re
         rt.metrics.webhooks.labels(connection, "refused").inc()
         log.warning("webhook.refused", extra={"connection": connection, "reason": exc.message})
         raise AuthenticationError(f"webhook refused: {exc.message}", code="invalid_webhook") from None
+    ack = connector.acknowledge(events)
     try:
         outcome = reviews.accept_webhook(rt, connection, events)
     except BridgeError:
         rt.metrics.webhooks.labels(connection, "unknown_ticket").inc()
-        raise
+        if ack is None:
+            raise
+        # Vendors that resend until acknowledged (Salesforce) get their Ack for tickets
+        # that are not ours too; nothing was recorded.
+        outcome = {}
     for name, count in outcome.items():
         if count:
             rt.metrics.webhooks.labels(connection, name).inc(count)
-    ack = connector.acknowledge(events)
     if ack is not None:
         body, content_type = ack
         return Response(body, status_code=200, media_type=content_type)

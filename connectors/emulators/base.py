@@ -152,6 +152,8 @@ class Emulator:
 
     vendor: ClassVar[str] = ""
     tls: ClassVar[bool] = False
+    write_delay_exempt: ClassVar[tuple[str, ...]] = ()
+    """Path prefixes that ``write_delay_ms`` never holds back (logins are not ticket writes)."""
 
     def __init__(self, **settings: Any):
         settings.setdefault("webhook_secret", f"{self.vendor}-emulator-{secrets.token_urlsafe(16)}")
@@ -288,7 +290,8 @@ class FaultMiddleware:
             )
             await response(scope, receive, send)
             return
-        if settings.write_delay_ms and scope["method"] not in ("GET", "HEAD"):
+        exempt = self.emulator.write_delay_exempt and scope["path"].startswith(self.emulator.write_delay_exempt)
+        if settings.write_delay_ms and scope["method"] not in ("GET", "HEAD") and not exempt:
             held: list[dict] = []
 
             async def hold(message: dict) -> None:
