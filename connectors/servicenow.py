@@ -283,10 +283,24 @@ class ServiceNowConnector:
 
     def find_ticket(self, review_id: str, *, table: str | None = None) -> TicketRef | None:
         table = table or self.config.table
+        query = f"correlation_id={review_id}^ORDERBYsys_created_on"
         with self._calling("find_ticket"):
-            rows = self._query(table, f"correlation_id={review_id}^ORDERBYsys_created_on", limit=5)
-        # An instance ignores unknown query fields: check the stamp ourselves.
-        rows = [r for r in rows if r.get("correlation_id") == review_id]
+            rows = self._query(table, query, limit=5)
+            # An instance ignores unknown query fields: check the stamp ourselves.
+            rows = [r for r in rows if r.get("correlation_id") == review_id]
+            if not rows and table != "task":
+                # The mapping may have put the record in another table (__table): every table a
+                # review can live in extends Task, and a Task query returns its children too.
+                try:
+                    found = self._query("task", query, limit=5)
+                except requests.HTTPError as exc:  # no read access to task: nothing more to find
+                    if exc.response is None or exc.response.status_code != 403:
+                        raise
+                    found = []
+                rows = [r for r in found if r.get("correlation_id") == review_id
+                        and TABLE_NAME.match(str(r.get("sys_class_name") or ""))]
+                if rows:
+                    table = rows[0]["sys_class_name"]
         return self._ref(table, rows[0]) if rows else None
 
     def get_ticket(self, key: str) -> Ticket:

@@ -37,6 +37,7 @@ from .data import (
     REFERENCES,
     REVIEW_TABLE,
     TABLE_FIELDS,
+    TASK_FIELDS,
     TASK_TABLES,
     USERS,
     matches,
@@ -258,6 +259,8 @@ class ServiceNowEmulator(Emulator):
         table = request.path_params["table"]
         if user is None:
             return None, table, self.error_response(401, "User Not Authenticated")
+        if table == "task" and request.method == "GET" and "sys_id" not in request.path_params:
+            return user, table, None  # the parent table: lists the records of every table extending Task
         if table not in self.tables:
             return user, table, self._failure(400, f"Invalid table {table}", None)
         if request.method != "GET" and table in READ_ONLY:
@@ -295,13 +298,18 @@ class ServiceNowEmulator(Emulator):
             return JSONResponse({"result": result}, status_code=201, headers={"Location": location})
         terms, order = parse_query(params.get("sysparm_query", ""))
         with self.lock:
-            rows = [r for r in self.tables[table].values() if matches(r, terms)]
+            if table == "task":  # a child record read through Task shows Task's fields only
+                sources = [{k: v for k, v in r.items() if k in TASK_FIELDS or k.startswith("_")}
+                           for name in TASK_TABLES for r in self.tables[name].values()]
+            else:
+                sources = list(self.tables[table].values())
+            rows = [r for r in sources if matches(r, terms)]
             for field, descending in reversed(order):
                 rows.sort(key=lambda r, f=field: (r.get(f, ""), int(r["_seq"])), reverse=descending)
             total = len(rows)
             offset = _int(params.get("sysparm_offset"), 0)
             rows = rows[offset: offset + _int(params.get("sysparm_limit"), 10000)]
-            result = [self.render(table, r, params) for r in rows]
+            result = [self.render(r.get("sys_class_name") or table, r, params) for r in rows]
         if not result and "/v1/" in request.url.path:
             return self.error_response(404, "No Record found")
         return JSONResponse({"result": result}, headers={"X-Total-Count": str(total)})
@@ -380,6 +388,12 @@ class ServiceNowEmulator(Emulator):
                 if act.action in decision:
                     self._update(table, sys_id, {"approval": decision[act.action]}, user=user)
             return self.ticket_view(table, self.tables[table][sys_id])
+
+    def delivered(self, response) -> bool:
+        """The Business Rule sends once (``executeAsync``) and does not retry an answer: a 4xx
+        (e.g. 404 for a record the bridge did not create, such as an origin incident) is final.
+        Only 5xx and network errors are retried, as a resilient outbound queue would."""
+        return response.status_code < 500
 
     def connection(self, *, base_url: str, ca_bundle: str | None) -> dict[str, Any]:
         return {
