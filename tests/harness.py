@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from sqlalchemy.pool import NullPool
 
 from bridge.app import create_app
 from bridge.config import ApiKey, Settings, WorkerSettings, hash_api_key
+from bridge.db import normalize_url
 from connectors.emulators import EMULATORS, Act, start_emulator
 from connectors.emulators.base import RunningServer, free_socket, serve
 from helpers import Recorder, wait_for
@@ -37,6 +39,41 @@ routes:
     when: "confidence is not none and confidence < 0.8"
     mapping: jira_review
 """
+
+
+class TestDatabase:
+    """A fresh, empty database for one test bridge: a SQLite file under the test's folder,
+    or, when ``HITL_TEST_DATABASE_URL`` names a PostgreSQL server (any database on it, used
+    only to create and drop others), a new database there, dropped again by ``drop()``."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, tmp_path: Path, *, name: str = "bridge"):
+        self.server_url = os.environ.get("HITL_TEST_DATABASE_URL", "")
+        self.name = None
+        if not self.server_url.startswith("postgres"):
+            self.url = f"sqlite:///{tmp_path / f'{name}.db'}"
+            return
+        from sqlalchemy.engine import make_url
+
+        self.name = f"hitl_test_{os.getpid()}_{os.urandom(4).hex()}"
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.url = make_url(normalize_url(self.server_url)).set(database=self.name).render_as_string(hide_password=False)
+
+    def _admin(self, statement: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(normalize_url(self.server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(statement))
+        finally:
+            engine.dispose()
+
+    def drop(self) -> None:
+        if self.name is not None:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.name = None
 
 
 def api_keys() -> list[ApiKey]:
@@ -69,7 +106,8 @@ class Bridge:
         (self.mappings_dir / "routes.yaml").write_text(routes)
         self.emulators = {v: start_emulator(EMULATORS[v]()) for v in vendors}
         self.callbacks = Recorder().start()
-        self.database_url = f"sqlite:///{tmp_path / 'bridge.db'}"
+        self.database = TestDatabase(tmp_path)
+        self.database_url = self.database.url
         self.worker_settings = WorkerSettings(
             poll_interval_seconds=0.05, lease_seconds=3, backoff_initial_seconds=0.2, backoff_max_seconds=2, **(worker or {})
         )
@@ -113,22 +151,29 @@ class Bridge:
         return path
 
     def start_process(self) -> "Bridge":
-        """The bridge as a separate process (``hitl-bridge serve``), so a test can kill it."""
-        sock = free_socket()
-        port = sock.getsockname()[1]
-        sock.close()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--config", str(self.config_file()), "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.tmp_path / "bridge.log", "ab"),
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(url), timeout=30, what="bridge process to become ready")
-        self._wire(url)
-        return self
+        """The bridge as a separate process (``hitl-bridge serve``), so a test can kill it.
+
+        The port is chosen free and then released for the child to bind; if another
+        process takes it in between, the child exits and we try another port."""
+        config = self.config_file()
+        for _ in range(5):
+            sock = free_socket()
+            port = sock.getsockname()[1]
+            sock.close()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config), "--port", str(port)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.tmp_path / "bridge.log", "ab"),
+            )
+            url = f"http://127.0.0.1:{port}"
+            started = wait_for(lambda: self.process.poll() is not None or _ready(url), timeout=30,
+                               what="bridge process to become ready")
+            if self.process.poll() is None and started:
+                self._wire(url)
+                return self
+        raise AssertionError(f"bridge process did not start: {(self.tmp_path / 'bridge.log').read_text()[-2000:]}")
 
     def kill(self) -> None:
         assert self.process is not None
@@ -146,6 +191,7 @@ class Bridge:
         for running in self.emulators.values():
             running.stop()
         self.callbacks.stop()
+        self.database.drop()
 
     # ----- agent side ------------------------------------------------------------------
     def client(self, key: str = "agent") -> httpx2.Client:
@@ -209,7 +255,9 @@ class Bridge:
 
 
 def _ready(url: str) -> bool:
+    """Ready, and really a bridge (not some other test's server that took the port)."""
     try:
-        return httpx2.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx2.HTTPError:
+        response = httpx2.get(f"{url}/readyz", timeout=2)
+        return response.status_code == 200 and "checks" in response.json()
+    except (httpx2.HTTPError, ValueError):
         return False

@@ -37,8 +37,9 @@ def sandbox(tmp_path_factory):
         if process.poll() is not None:
             raise AssertionError(f"sandbox exited: {log.read_text()[-3000:]}")
         try:
-            return httpx2.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx2.HTTPError:
+            response = httpx2.get(f"{url}/readyz", timeout=2)
+            return response.status_code == 200 and "checks" in response.json()
+        except (httpx2.HTTPError, ValueError):
             return False
 
     wait_for(ready, timeout=60, what="sandbox to start")
