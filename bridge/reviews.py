@@ -55,8 +55,9 @@ def request_hash(request: ReviewRequest) -> str:
 # ----- submit ----------------------------------------------------------------------
 
 
-def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None) -> tuple[Review, bool]:
-    """Accept a review; returns (review, created). Same key and body: the same review."""
+def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None) -> tuple[ReviewOut, bool]:
+    """Accept a review in one transaction; returns (review, created). Same key and body:
+    the same review; same key, other body: 409."""
     if request.origin and request.origin.connection not in rt.settings.connections:
         raise BridgeError(
             f"origin.connection {request.origin.connection!r} is not a configured connection",
@@ -66,29 +67,32 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
     digest = request_hash(request)
     try:
         with rt.db.transaction() as session:
-            if idempotency_key:
-                existing = _by_idempotency(session, api_key, idempotency_key)
-                if existing is not None:
-                    if existing.request_hash != digest:
-                        raise ConflictError(
-                            "this Idempotency-Key was used with a different request body",
-                            code="idempotency_conflict",
-                            details={"review_id": existing.id},
-                        )
-                    return existing, False
+            existing = _by_idempotency(session, api_key, idempotency_key) if idempotency_key else None
+            if existing is not None:
+                return _replayed(session, existing, digest), False
             review = _create(session, rt, request, api_key=api_key, idempotency_key=idempotency_key, digest=digest)
+            session.flush()
+            out = to_out(session, review)
     except IntegrityError:
         # Another request with the same key won the race: answer with its review.
         with rt.db.transaction() as session:
             existing = _by_idempotency(session, api_key, idempotency_key or "")
             if existing is None:
                 raise
-            if existing.request_hash != digest:
-                raise ConflictError("this Idempotency-Key was used with a different request body", code="idempotency_conflict") from None
-            return existing, False
+            return _replayed(session, existing, digest), False
     rt.wakeup.set()
-    rt.metrics.reviews.labels(review.status, review.route_name or "").inc()
-    return review, True
+    rt.metrics.reviews.labels(out.status, out.route.name or "").inc()
+    return out, True
+
+
+def _replayed(session: Session, existing: Review, digest: str) -> ReviewOut:
+    if existing.request_hash != digest:
+        raise ConflictError(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_conflict",
+            details={"review_id": existing.id},
+        )
+    return to_out(session, existing)
 
 
 def _by_idempotency(session: Session, api_key: str, key: str) -> Review | None:
@@ -216,7 +220,7 @@ def get(rt: Runtime, review_id: str) -> ReviewOut:
 def _job_state(job: Job | None) -> DeliveryState:
     if job is None:
         return DeliveryState(state="not_needed")
-    state = {"pending": "pending", "running": "pending", "done": "delivered", "dead": "dead", "cancelled": "cancelled"}[job.state]
+    state = {"pending": "pending", "running": "pending", "done": "delivered", "dead": "dead", "discarded": "dead", "cancelled": "cancelled"}[job.state]
     return DeliveryState(
         state=state, attempts=job.attempts, last_error=job.last_error, delivered_at=job.finished_at if job.state == "done" else None
     )

@@ -31,7 +31,7 @@ def submit_review(
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/reviews/{review.id}"
-    return reviews.get(rt, review.id)
+    return review
 
 
 @router.get("", response_model=ReviewPage, responses=ERRORS)
