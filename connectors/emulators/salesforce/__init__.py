@@ -297,11 +297,13 @@ class SalesforceEmulator(Emulator):
                 "</notifications></soapenv:Body></soapenv:Envelope>")
 
     def delivered(self, response: httpx2.Response) -> bool:
-        """Outbound Messages count only when answered with ``<Ack>true</Ack>``."""
+        """Outbound Messages count only when answered with ``<Ack>true</Ack>``. A Flow/Apex
+        callout is not resent after a 4xx (e.g. 404 for a Case the bridge did not create),
+        as in a real org; only a 5xx or no answer is tried again."""
+        if "xml" not in response.request.headers.get("content-type", ""):
+            return response.status_code < 500
         if not 200 <= response.status_code < 300:
             return False
-        if "xml" not in response.request.headers.get("content-type", ""):
-            return True
         return re.search(r"<(\w+:)?Ack>\s*true\s*</(\w+:)?Ack>", response.text) is not None
 
     # ----- HTTP ------------------------------------------------------------------
