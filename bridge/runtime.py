@@ -27,6 +27,7 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self._local = threading.local()
         self._accounts: dict[str, Person] = {}
+        self._connectors: list[Connector] = []  # every thread's, so close() releases their sockets
         self.wakeup = threading.Event()
         self.reload()
 
@@ -57,6 +58,7 @@ class Runtime:
             if config is None:
                 raise NotFoundError(f"no connection named {connection!r}")
             cache[connection] = connector_for(config)
+            self._connectors.append(cache[connection])
         return cache[connection]
 
     def bridge_account(self, connection: str) -> Person:
@@ -65,6 +67,11 @@ class Runtime:
         return self._accounts[connection]
 
     def close(self) -> None:
+        for connector in self._connectors:
+            try:
+                connector.close()
+            except Exception:  # noqa: BLE001 - shutting down: release what can be released
+                pass
         self.db.dispose()
 
     @cached_property

@@ -435,6 +435,18 @@ class ZendeskEmulator(Emulator):
             field(EDITED_REPLY_FIELD_ID, "textarea", "AI edited reply"),
         ]
 
+    def open_customer_ticket(self, subject: str, body: str, *, login: str = "carol") -> str:
+        """A customer writes in (web form): a new ticket, without a webhook (the trigger
+        ``setup zendesk`` creates fires on updates only). Returns its id."""
+        with self.lock:
+            quiet, self._quiet = getattr(self, "_quiet", False), True
+            try:
+                ticket, _ = self._create({"subject": subject, "comment": {"body": body}, "priority": "normal",
+                                          "tags": ["customer"], "group_id": 360001}, actor=USERS[login][0], via="web")
+            finally:
+                self._quiet = quiet
+            return str(ticket["id"])
+
     # ----- uniform hooks -------------------------------------------------------------
     def list_tickets(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -507,6 +519,11 @@ class ZendeskEmulator(Emulator):
 
     def contract_close_status(self) -> str:
         return "solved"
+
+    def delivered(self, response) -> bool:
+        """Zendesk retries a webhook only on 409, 429 and 5xx; any other answer is final
+        (a 404 for a ticket the receiver does not know is not sent again)."""
+        return response.status_code not in (409, 429)
 
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}

@@ -1,0 +1,1 @@
+"""Ways in for agent frameworks (optional extras: ``pip install hitl-bridge[langchain]``)."""
