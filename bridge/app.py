@@ -16,6 +16,7 @@ from .errors import BridgeError
 from .migrate import upgrade
 from .outbox import queue_depth
 from .routes import mappings, ops, reviews, webhooks
+from .routes import langsmith as langsmith_intake
 from .runtime import Runtime
 from .worker import Worker
 
@@ -90,10 +91,18 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             worker = Worker(rt)
             worker.start()
         app.state.worker = worker
+        watcher = None
+        if worker is not None and settings.langgraph:
+            from .watcher import InterruptWatcher
+
+            watcher = InterruptWatcher(rt)
+            watcher.start()
         log.info("bridge.started", extra={"version": __version__, "worker": worker is not None})
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.stop()
             if worker is not None:
                 worker.stop()
             if runtime is None:
@@ -122,6 +131,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     for module in (reviews, webhooks, mappings, ops):
         app.include_router(module.router)
+    from . import admin as admin_page
+    from .routes import admin as admin_api
+
+    app.include_router(mappings.schema_router)
+    app.include_router(admin_api.router)
+    app.include_router(admin_page.router)
+    app.include_router(langsmith_intake.router)
     if settings.sandbox:
         from . import sandbox
 

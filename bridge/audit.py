@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import utcnow
-from .models import AuditEvent, AuditHead
+from .models import AuditContent, AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+CONTENT_KEYS = frozenset({"title", "decision", "reason", "body", "message", "before", "after"})
+"""Data keys that carry review content: kept beside the event (``audit_content``) and
+covered by a salted digest in the event, so retention can purge them and the chain holds."""
+
+
+def content_digest(salt: str, content: dict[str, Any]) -> str:
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{salt}:{body}".encode()).hexdigest()
 
 
 def event_hash(prev_hash: str, *, review_id: str | None, at: str, actor: str, kind: str, data: dict[str, Any]) -> str:
@@ -32,17 +42,46 @@ def record(session: Session, kind: str, *, actor: str, review_id: str | None = N
     """Append one event in the caller's transaction (the head row lock serialises writers)."""
     head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
     if head is None:
-        head = AuditHead(id=1, hash=GENESIS, count=0)
-        session.add(head)
-        session.flush()
+        try:
+            with session.begin_nested():  # two first events at once: one inserts, the other waits
+                session.add(AuditHead(id=1, hash=GENESIS, count=0))
+        except IntegrityError:
+            pass
+        head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
     at = utcnow()
     data = json.loads(json.dumps(data, default=str))
+    content = {key: data.pop(key) for key in sorted(data) if key in CONTENT_KEYS}
+    salt = secrets.token_hex(16)
+    if content:
+        data["content_sha256"] = content_digest(salt, content)
     digest = event_hash(head.hash, review_id=review_id, at=at.isoformat(), actor=actor, kind=kind, data=data)
     event = AuditEvent(review_id=review_id, at=at, actor=actor, kind=kind, data=data, prev_hash=head.hash, hash=digest)
     session.add(event)
+    if content:
+        session.flush()
+        session.add(AuditContent(event_id=event.id, review_id=review_id, salt=salt, content=content))
     head.hash = digest
     head.count += 1
     return event
+
+
+def as_dict(event: AuditEvent, content: AuditContent | None) -> dict[str, Any]:
+    """An event as the API and the export show it: its data with its content merged back
+    (or ``"content": "purged"`` once retention removed it)."""
+    data = dict(event.data or {})
+    if "content_sha256" in data:
+        if content is not None:
+            data.update(content.content)
+        else:
+            data["content"] = "purged"
+    return {"id": event.id, "review_id": event.review_id, "at": event.at.isoformat(), "actor": event.actor,
+            "kind": event.kind, "data": data, "prev_hash": event.prev_hash, "hash": event.hash}
+
+
+def with_content(session: Session, events: list[AuditEvent]) -> list[dict[str, Any]]:
+    ids = [e.id for e in events if "content_sha256" in (e.data or {})]
+    contents = {c.event_id: c for c in session.execute(select(AuditContent).where(AuditContent.event_id.in_(ids))).scalars()} if ids else {}
+    return [as_dict(e, contents.get(e.id)) for e in events]
 
 
 @dataclass
@@ -59,6 +98,8 @@ def _events(session: Session) -> Iterator[AuditEvent]:
 def verify(session: Session) -> Verification:
     prev = GENESIS
     checked = 0
+    purged = {r for (r,) in session.execute(select(AuditEvent.review_id).where(AuditEvent.kind == "review.purged"))}
+    contents = {c.event_id: c for c in session.execute(select(AuditContent)).scalars()}
     for event in _events(session):
         if event.prev_hash != prev:
             return Verification(False, checked, f"event {event.id}: chain broken (a row before it was changed, removed or moved)")
@@ -67,6 +108,12 @@ def verify(session: Session) -> Verification:
         )
         if expected != event.hash:
             return Verification(False, checked, f"event {event.id}: content does not match its hash (edited)")
+        sealed = (event.data or {}).get("content_sha256")
+        content = contents.pop(event.id, None)
+        if sealed and content is None and event.review_id not in purged:
+            return Verification(False, checked, f"event {event.id}: its content was removed without a purge")
+        if content is not None and (not sealed or content_digest(content.salt, content.content) != sealed):
+            return Verification(False, checked, f"event {event.id}: its content does not match its digest (edited)")
         prev = event.hash
         checked += 1
     head = session.get(AuditHead, 1)

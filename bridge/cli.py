@@ -21,6 +21,8 @@ app.add_typer(mappings_app, name="mappings")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(setup_app, name="setup")
+jobs_app = typer.Typer(no_args_is_help=True, help="The dead-letter list: jobs that ran out of attempts.")
+app.add_typer(jobs_app, name="jobs")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Config YAML (default: $HITL_BRIDGE_CONFIG).")]
 
@@ -98,7 +100,15 @@ def run_worker(config: ConfigOpt = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker.start()
+    watcher = None
+    if settings.langgraph:
+        from .watcher import InterruptWatcher
+
+        watcher = InterruptWatcher(runtime)
+        watcher.start()
     stop.wait()
+    if watcher is not None:
+        watcher.stop()
     worker.stop()
     runtime.close()
 
@@ -178,22 +188,127 @@ def audit_verify(config: ConfigOpt = None) -> None:
     typer.echo(f"ok: {result.checked} events, chain intact")
 
 
+def _operator() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name (some containers): still say where it came from
+        return "cli"
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOpt = None,
+    state: Annotated[str, typer.Option(help="dead (default), pending, running, done, cancelled or discarded.")] = "dead",
+    limit: int = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List jobs (by default the dead-letter list), oldest first."""
+    from . import outbox
+    from .db import Database
+
+    db = Database(_settings(config).database_url)
+    with db.transaction() as session:
+        jobs = outbox.list_jobs(session, state=state, limit=limit)
+        rows = [
+            {"id": j.id, "review_id": j.review_id, "kind": j.kind, "state": j.state, "attempts": j.attempts,
+             "last_error": j.last_error, "finished_at": j.finished_at.isoformat() if j.finished_at else None}
+            for j in jobs
+        ]
+    db.dispose()
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(f"{row['id']:>8}  {row['kind']:<18} {row['review_id']}  attempts={row['attempts']}  {row['last_error'] or ''}")
+    if not as_json:
+        typer.echo(f"{len(rows)} {state} job(s)", err=True)
+
+
+def _dead_letter_action(action: str, job_ids: list[int], every: bool, config: Path | None) -> None:
+    from . import outbox
+    from .db import Database
+
+    if not job_ids and not every:
+        typer.echo("name job ids, or --all for the whole dead-letter list", err=True)
+        raise typer.Exit(2)
+    db = Database(_settings(config).database_url)
+    with db.transaction() as session:
+        if every:
+            job_ids = [j.id for j in outbox.list_jobs(session, state="dead", limit=1_000_000)]
+        change = outbox.retry_dead if action == "retry" else outbox.discard_dead
+        done = [j.id for j in change(session, job_ids, actor=_operator())]
+    db.dispose()
+    missing = sorted(set(job_ids) - set(done))
+    typer.echo(f"{'retried' if action == 'retry' else 'discarded'}: {len(done)} job(s)")
+    if missing:
+        typer.echo(f"not in the dead-letter list: {', '.join(map(str, missing))}", err=True)
+        raise typer.Exit(1)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_ids: Annotated[Optional[list[int]], typer.Argument(help="Dead job ids.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run dead jobs again now, with a fresh set of attempts (audited)."""
+    _dead_letter_action("retry", job_ids or [], every, config)
+
+
+@jobs_app.command("discard")
+def jobs_discard(
+    job_ids: Annotated[Optional[list[int]], typer.Argument(help="Dead job ids.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead job.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Give up on dead jobs for good (audited; the audit trail keeps them)."""
+    _dead_letter_action("discard", job_ids or [], every, config)
+
+
 @app.command()
-def doctor(config: ConfigOpt = None) -> None:
-    """Check each connection's credentials."""
-    from connectors import connector_for
-    from connectors.errors import ConnectorError
+def doctor(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check each connection's credentials and that everything its mappings name exists
+    (project, issue type, fields, statuses, tables, groups, options, picklist values)."""
+    from . import doctor as doctor_mod
+    from .errors import MappingError
 
     settings = _settings(config)
-    failed = False
-    for name, conn in settings.connections.items():
-        try:
-            me = connector_for(conn).check()
-            typer.echo(f"ok    {name} ({conn.type}): signed in as {me.name or me.id}")
-        except ConnectorError as exc:
-            failed = True
-            typer.echo(f"FAIL  {name} ({conn.type}): {exc}")
-    raise typer.Exit(1 if failed else 0)
+    try:
+        reports = doctor_mod.run(settings)
+    except MappingError as exc:
+        typer.echo(f"invalid mappings: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(doctor_mod.as_json(reports), indent=2))
+    for report in reports if not as_json else ():
+        names = ", ".join(report.mappings) or "no mappings"
+        if report.ok:
+            typer.echo(f"ok    {report.name} ({report.type}): signed in as {report.account}; {names}")
+            continue
+        typer.echo(f"FAIL  {report.name} ({report.type}): {len(report.problems)} problem(s); {names}")
+        for problem in report.problems:
+            typer.echo(f"      {problem.location()}: {problem.message}")
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+@mappings_app.command("schema")
+def mappings_schema(
+    directory: Annotated[Path, typer.Option("--dir", help="The mappings folder.")] = Path("mappings"),
+    write: Annotated[bool, typer.Option("--write", help="Write <dir>/schema/*.schema.yaml.")] = False,
+) -> None:
+    """The JSON Schema of mapping files and routes.yaml (generated from the models)."""
+    from . import file_schema
+
+    if write:
+        for path in file_schema.write(directory):
+            typer.echo(f"wrote {path}")
+        return
+    typer.echo(json.dumps({kind: file_schema.schema(kind) for kind in file_schema.KINDS}, indent=2))
 
 
 @setup_app.command("zendesk")
@@ -210,7 +325,11 @@ def setup_zendesk(
     if conn is None or conn.type != "zendesk":
         typer.echo(f"no zendesk connection named {connection!r}", err=True)
         raise typer.Exit(1)
-    result = connector_for(conn).ensure_webhook_and_trigger(endpoint_url=f"{url.rstrip('/')}/v1/webhooks/{connection}")
+    connector = connector_for(conn)
+    try:
+        result = connector.ensure_webhook_and_trigger(endpoint_url=f"{url.rstrip('/')}/v1/webhooks/{connection}")
+    finally:
+        connector.close()  # no keep-alive sockets left behind (CliRunner runs in-process)
     secret = result.pop("signing_secret", None)
     typer.echo(json.dumps(result, indent=2))
     if secret:

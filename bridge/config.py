@@ -45,6 +45,50 @@ class WorkerSettings(BaseModel):
     max_attempts: int = Field(default=12, ge=1)
     backoff_initial_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
+    breaker_threshold: int = Field(default=5, ge=1, description="Consecutive retryable failures that open a connection's circuit.")
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0, description="How long an open circuit holds that connection's jobs.")
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, how long jobs in hand may finish before they are released.")
+
+
+class LangGraphDeployment(BaseModel):
+    """A LangGraph server whose interrupted threads the worker turns into reviews."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Reviews from it are submitted as 'langgraph:<name>'.")
+    url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    assistant_id: str | None = Field(default=None, description="Only threads of this assistant or graph; all when unset.")
+    poll_seconds: float = Field(default=5.0, gt=0)
+    title: str = Field(default="Approve {actions}", description="Review title; {actions}, {thread_id} and {graph_id} are filled in.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Added to every review's metadata (routing).")
+
+
+class LangSmithScores(BaseModel):
+    """The feedback score each decision type leaves on the run (None: no score, value only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    approve: float | None = 1.0
+    reject: float | None = 0.0
+    edit: float | None = 0.5
+    respond: float | None = None
+
+
+class LangSmithSettings(BaseModel):
+    """LangSmith: reviews built from runs, automation-rule intake, decisions back as feedback."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_url: str = Field(default="https://api.smith.langchain.com", pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    web_url: str | None = Field(default=None, description="Where trace links point (derived from api_url when unset).")
+    feedback_key: str = Field(default="human_review", min_length=1)
+    scores: LangSmithScores = Field(default_factory=LangSmithScores)
+    corrections_dataset: str = Field(default="hitl-bridge-corrections", min_length=1)
+    confidence_key: str = Field(default="confidence", description="Read from the run's outputs, else its feedback.")
+    intake_secrets: list[SecretStr] = Field(
+        default_factory=list, description="Automation-rule webhooks must carry one (several during rotation)."
+    )
+    intake_metadata: dict[str, Any] = Field(default_factory=dict, description="Added to reviews from automation rules (routing).")
+    timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class Settings(BaseModel):
@@ -64,6 +108,8 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     sandbox: bool = False
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    langgraph: list[LangGraphDeployment] = Field(default_factory=list)
+    langsmith: LangSmithSettings | None = None
 
     @field_validator("connections", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ tool's argument schema, and the tool name, which an edit may never change.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +33,29 @@ class Decided:
 class Refused:
     reason: str
     reviewer: Reviewer | None
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval towards a quorum that is not reached yet (recorded, audited, not sent)."""
+
+    reviewer: Reviewer | None
+    person_key: str
+    change_ref: str
+    count: int
+    quorum: int
+
+
+def person_key(person: Person | None) -> str:
+    """Who counts as the same approver: the ticket system's account id."""
+    return str(person.id).lower() if person is not None else ""
+
+
+def change_ref(ticket: Ticket) -> str:
+    """Which status change an approval came from: the same change read back twice counts
+    once, a new change by the same person is a second approval (refused)."""
+    when = ticket.changed_at or ticket.updated
+    return when.isoformat() if when else ""
 
 
 def reviewer_of(person: Person | None) -> Reviewer | None:
@@ -144,8 +168,14 @@ def decide(
     *,
     since: datetime | None = None,
     bridge_account: Person | None = None,
-) -> Decided | Refused | None:
-    """None while the ticket is still open; otherwise decisions, or why they are refused."""
+    groups: set[str] | None = None,
+    approvals: Sequence[tuple[str, str]] = (),
+) -> Decided | Refused | Approval | None:
+    """None while the ticket is still open; otherwise decisions, or why they are refused.
+
+    ``groups`` are the changer's groups in the ticket system (resolved by the connector when
+    the mapping names ``reviewers.groups``); ``approvals`` are the (person_key, change_ref)
+    pairs already recorded towards ``reviewers.quorum``."""
     kind = deciding_type(ticket, mapping)
     if kind is None:
         return None
@@ -153,9 +183,16 @@ def decide(
     reviewer = reviewer_of(person)
     if bridge_account is not None and person is not None and person.id == bridge_account.id:
         return None  # the bridge's own change (e.g. closing on cancel) never decides
-    if mapping.reviewers.allow and not _matches(person, mapping.reviewers.allow):
-        who = (person.email or person.name or person.id) if person else "an unknown user"
-        return Refused(f"{who} is not allowed to decide this review", reviewer)
+    who = (person.email or person.name or person.id) if person else "an unknown user"
+    spec = mapping.reviewers
+    if person is None and (spec.allow or spec.groups or spec.quorum > 1):
+        return Refused("the ticket system does not say who made this change", reviewer)
+    if spec.service_accounts and _matches(person, spec.service_accounts):
+        return Refused(f"{who} is the agent's service account and can never decide (four-eyes rule)", reviewer)
+    if spec.allow or spec.groups:
+        in_group = bool(groups and {g.lower() for g in groups} & {g.lower() for g in spec.groups})
+        if not (_matches(person, spec.allow) or in_group):
+            return Refused(f"{who} is not allowed to decide this review", reviewer)
     if request.requested_by and _matches(person, [request.requested_by]):
         return Refused("the requester cannot decide their own review (four-eyes rule)", reviewer)
 
@@ -186,6 +223,19 @@ def decide(
         if decision.type not in allowed:
             name = request.action_requests[i].name
             return Refused(f"{decision.type!r} is not allowed for {name!r}; allowed: {', '.join(allowed)}", reviewer)
+    if spec.quorum > 1 and overall_type(decisions) in ("approve", "edit"):
+        recorded = dict(approvals)
+        key, ref = person_key(person), change_ref(ticket)
+        if key in recorded:
+            if recorded[key] == ref:
+                return None  # this approval is already counted; still waiting for the others
+            return Refused(
+                f"{who} has already approved; {spec.quorum - len(recorded)} more approval(s) from other reviewers "
+                f"are needed ({len(recorded)} of {spec.quorum})",
+                reviewer,
+            )
+        if len(recorded) + 1 < spec.quorum:
+            return Approval(reviewer, key, ref, len(recorded) + 1, spec.quorum)
     return Decided(decisions, reviewer)
 
 

@@ -44,3 +44,22 @@ WriteKey = Annotated[ApiKey, Depends(require("reviews:write"))]
 ReadKey = Annotated[ApiKey, Depends(require("reviews:read"))]
 AdminKey = Annotated[ApiKey, Depends(require("admin"))]
 AuditKey = Annotated[ApiKey, Depends(require("audit"))]
+
+
+def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:
+    """An admin bearer key, or the admin page's session cookie (with its CSRF token on any
+    request that changes something)."""
+    from . import sessions
+
+    if request.headers.get("authorization"):
+        return require("admin")(request, rt)
+    cookie = request.cookies.get(sessions.COOKIE)
+    key = sessions.verify(rt.settings, cookie)
+    if key is None:
+        raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok(key, cookie, request.headers.get(sessions.CSRF_HEADER)):
+        raise ForbiddenError("the admin page's CSRF token is missing or wrong; reload the page", code="csrf_failed")
+    return key
+
+
+AdminActor = Annotated[ApiKey, Depends(require_admin_or_session)]

@@ -25,6 +25,9 @@ def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"}))
     handler.addFilter(_Correlation())
+    from .redact import LogRedaction  # card numbers and secrets never reach a log line
+
+    handler.addFilter(LogRedaction())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

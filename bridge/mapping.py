@@ -55,8 +55,55 @@ class DecisionSpec(_Model):
 
 class ReviewersSpec(_Model):
     allow: list[str] = Field(
-        default_factory=list, description="Ids or emails allowed to decide; empty allows anyone."
+        default_factory=list, description="Ids or emails allowed to decide; with `groups` also empty, anyone may."
     )
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Groups in the ticket system (resolved by the connector) whose members may decide.",
+    )
+    service_accounts: list[str] = Field(
+        default_factory=list, description="The agent's own accounts in the ticket system: never allowed to decide."
+    )
+    quorum: int = Field(
+        default=1, ge=1, le=10, description="Distinct approvals before an approve counts; any reject ends it."
+    )
+    reopen: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields set on the ticket after a partial approval (e.g. status: In Review), so the next "
+        "approver can approve the same way.",
+    )
+
+
+Clearance = Literal["public", "internal", "confidential", "restricted"]
+
+
+class PatternSpec(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    regex: str
+    show_from: Clearance | None = Field(
+        default=None, description="The lowest clearance that sees it unmasked; none: always masked."
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class RedactionSpec(_Model):
+    """What is masked before text reaches the ticket system (bridge/redact.py has the table)."""
+
+    clearance: Clearance = Field(
+        default="internal",
+        description="public: masks everything; internal: shows emails and phones; confidential: also IBANs and "
+        "national ids; restricted: also custom patterns that allow it. Card numbers and secrets are always masked.",
+    )
+    patterns: list[PatternSpec] = Field(default_factory=list, description="Custom patterns to mask.")
+    phone_region: str = Field(default="US", description="Region for phone numbers written without +country code.")
 
 
 class ActionSpec(_Model):
@@ -80,6 +127,13 @@ class SlaSpec(_Model):
     expire_after_seconds: int = Field(gt=0)
     on_expire: Literal["approve", "reject"] = "reject"
     message: str = "The review expired before anyone decided."
+    remind_after_seconds: int | None = Field(default=None, gt=0, description="Comment on the ticket if still open.")
+    remind_message: str = "Reminder: this review is still waiting for a decision."
+    escalate_after_seconds: int | None = Field(default=None, gt=0, description="Apply `escalate` if still open.")
+    escalate: ActionSpec = Field(
+        default_factory=lambda: ActionSpec(comment="Escalated: this review is overdue."),
+        description="Fields (a priority bump, another assignee) and a comment applied on escalation.",
+    )
 
 
 class Mapping(_Model):
@@ -95,6 +149,7 @@ class Mapping(_Model):
     on_decided: ActionSpec = Field(default_factory=ActionSpec)
     reply: ReplySpec = Field(default_factory=ReplySpec)
     sla: SlaSpec | None = None
+    redaction: RedactionSpec = Field(default_factory=RedactionSpec)
 
     @field_validator("ticket")
     @classmethod
@@ -250,11 +305,42 @@ def render_action(spec: ActionSpec, context: dict[str, Any], path: str) -> Actio
 # ----- loading ------------------------------------------------------------------
 
 
-def describe_validation_error(exc: ValidationError, file: str) -> list[dict[str, Any]]:
+def describe_validation_error(exc: ValidationError, file: str, text: str | None = None) -> list[dict[str, Any]]:
+    """One detail per problem: file, line (when ``text`` is given), field and reason."""
     return [
-        {"file": file, "field": ".".join(str(p) for p in err["loc"]) or "(root)", "reason": err["msg"]}
+        {
+            "file": file,
+            "line": yaml_line(text, err["loc"]) if text is not None else None,
+            "field": ".".join(str(p) for p in err["loc"]) or "(root)",
+            "reason": err["msg"],
+        }
         for err in exc.errors()
     ]
+
+
+def yaml_line(text: str, path: Any) -> int | None:
+    """The 1-based line where ``path`` (``("ticket", "fields", "summary")`` or
+    ``"ticket.fields.summary"``) is written in ``text``: the deepest key or item found, so
+    an admin is sent to the line to fix even for a key that is missing below it."""
+    if isinstance(path, str):
+        path = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[(\d+)\]", path) if p]
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if str(k.value) == str(part)), None)
+            if match is None:
+                return line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line if line is not None else (1 if node is not None else None)
 
 
 def parse_mapping(text: str, *, file: str) -> Mapping:
@@ -271,9 +357,14 @@ def parse_mapping(text: str, *, file: str) -> Mapping:
     try:
         return Mapping.model_validate(data)
     except ValidationError as exc:
-        details = describe_validation_error(exc, file)
+        details = describe_validation_error(exc, file, text)
         first = details[0]
         raise MappingError(f"{file}: {first['field']}: {first['reason']}", details=details) from exc
+    except MappingError as exc:  # a template that does not compile (raised by a validator)
+        field = exc.details.get("field") if isinstance(exc.details, dict) else None
+        if field:
+            exc.details = [{"file": file, "line": yaml_line(text, field), "field": field, "reason": exc.message}]
+        raise
 
 
 def load_mappings(directory: Path) -> dict[str, Mapping]:

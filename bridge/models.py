@@ -123,3 +123,74 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hash: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MappingVersion(Base):
+    """One saved state of a file in ``mappings/`` (a mapping or ``routes.yaml``): the full
+    text, who saved it, and the diff from the version before. The file stays the source of
+    truth; these rows are its history, so any earlier state can be restored."""
+
+    __tablename__ = "mapping_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    number: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    author: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(20))
+    """baseline (the file as found on disk), save, patch, restore."""
+    restored_from: Mapped[int | None] = mapped_column(Integer)
+    etag: Mapped[str] = mapped_column(String(40))
+    mapping_version: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    diff: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (UniqueConstraint("name", "number", name="uq_mapping_versions_number"),)
+
+
+# ----- governance (issue 9): approvals towards a quorum, API keys, purgeable audit content -----
+
+
+class ReviewApproval(Base):
+    """One reviewer's approval towards a mapping's quorum; one row per person per review, so
+    the same person approving twice counts once."""
+
+    __tablename__ = "review_approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    review_id: Mapped[str] = mapped_column(ForeignKey("reviews.id"), index=True)
+    person_key: Mapped[str] = mapped_column(String(255))
+    change_ref: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[dict[str, Any] | None]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("review_id", "person_key", name="uq_review_approvals_person"),)
+
+
+class StoredApiKey(Base):
+    """An API key made with ``hitl-bridge keys create``: only its hash is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    hash: Mapped[str] = mapped_column(String(80), unique=True)
+    scopes: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+
+
+class AuditContent(Base):
+    """The content part of an audit event (titles, decisions, messages). The event's hash
+    covers only a salted digest of it, so retention can delete this row and the chain
+    still verifies."""
+
+    __tablename__ = "audit_content"
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)
+    review_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    content: Mapped[dict[str, Any]]

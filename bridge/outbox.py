@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import wait_exponential_jitter
 
 from .db import Database, utcnow
 from .models import Job
+from .wakeups import CHANNEL
 
 ACTIVE = ("pending", "running")
 
@@ -48,7 +49,15 @@ def enqueue(
             session.add(job)
     except IntegrityError:
         return None
+    notify(session)
     return job
+
+
+def notify(session: Session) -> None:
+    """Wake every listening worker when this transaction commits (PostgreSQL; elsewhere the
+    in-process event and polling do). Several in one transaction arrive as one."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def claim(db: Database, worker_id: str, *, lease_seconds: float) -> Job | None:
@@ -79,6 +88,21 @@ def claim(db: Database, worker_id: str, *, lease_seconds: float) -> Job | None:
         return job
 
 
+def release(db: Database, worker_id: str) -> int:
+    """Hand back the jobs ``worker_id`` still holds (graceful shutdown): claimable by any
+    worker at once instead of after the lease, and the interrupted attempt not counted."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.locked_by == worker_id, Job.state == "running")
+            .values(state="pending", locked_until=None, locked_by=None, attempts=func.max(Job.attempts - 1, 0)
+                    if db.engine.dialect.name == "sqlite" else func.greatest(Job.attempts - 1, 0))
+        )
+        if result.rowcount:
+            notify(session)
+        return result.rowcount
+
+
 def finish(session: Session, job_id: int) -> None:
     session.execute(
         update(Job).where(Job.id == job_id).values(state="done", finished_at=utcnow(), locked_until=None, last_error=None)
@@ -98,10 +122,13 @@ def backoff_seconds(attempt: int, *, initial: float, maximum: float, retry_after
     return max(delay, retry_after or 0.0)
 
 
-def fail(session: Session, job: Job, error: str, *, retry_in: float | None) -> str:
-    """Reschedule (``retry_in`` seconds) or, out of attempts or not retryable, dead-letter."""
+def fail(session: Session, job: Job, error: str, *, retry_in: float | None, count_attempt: bool = True) -> str:
+    """Reschedule (``retry_in`` seconds) or, out of attempts or not retryable, dead-letter.
+    ``count_attempt=False``: the job never ran (an open circuit), so it keeps its attempts."""
+    if not count_attempt:
+        job.attempts -= 1
     state = "pending" if retry_in is not None and job.attempts < job.max_attempts else "dead"
-    values = {"state": state, "last_error": error[:2000], "locked_until": None}
+    values = {"state": state, "last_error": error[:2000], "locked_until": None, "attempts": job.attempts}
     if state == "pending":
         values["run_at"] = utcnow() + timedelta(seconds=retry_in or 0)
     else:
@@ -123,3 +150,41 @@ def queue_depth(session: Session) -> dict[tuple[str, str], int]:
         select(Job.kind, Job.state, func.count()).where(Job.state.in_(ACTIVE + ("dead",))).group_by(Job.kind, Job.state)
     )
     return {(kind, state): count for kind, state, count in rows}
+
+
+# ----- the dead-letter list ----------------------------------------------------------
+
+
+def list_jobs(session: Session, *, state: str = "dead", limit: int = 100) -> list[Job]:
+    return list(session.execute(select(Job).where(Job.state == state).order_by(Job.id).limit(limit)).scalars())
+
+
+def retry_dead(session: Session, job_ids: list[int], *, actor: str) -> list[Job]:
+    """Give dead jobs a fresh set of attempts, now. A review that failed because its ticket
+    could not be created goes back to ``queued`` (its mapping has presumably been fixed)."""
+    from . import audit
+    from .models import Review
+
+    jobs = list(session.execute(select(Job).where(Job.id.in_(job_ids), Job.state == "dead").with_for_update()).scalars())
+    for job in jobs:
+        job.state, job.attempts, job.run_at, job.finished_at, job.locked_until = "pending", 0, utcnow(), None, None
+        review = session.get(Review, job.review_id)
+        if review is not None and job.kind == "create_ticket" and review.status == "failed":
+            review.status, review.error = "queued", None
+        audit.record(session, "job.retried", actor=actor, review_id=job.review_id, job_id=job.id, job=job.kind,
+                     last_error=job.last_error)
+    if jobs:
+        notify(session)
+    return jobs
+
+
+def discard_dead(session: Session, job_ids: list[int], *, actor: str) -> list[Job]:
+    """Give up on dead jobs for good: they leave the dead-letter list, the audit keeps them."""
+    from . import audit
+
+    jobs = list(session.execute(select(Job).where(Job.id.in_(job_ids), Job.state == "dead").with_for_update()).scalars())
+    for job in jobs:
+        job.state = "discarded"
+        audit.record(session, "job.discarded", actor=actor, review_id=job.review_id, job_id=job.id, job=job.kind,
+                     last_error=job.last_error)
+    return jobs

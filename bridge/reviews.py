@@ -45,6 +45,7 @@ DELIVER, POST_REPLY, CREATE, SYNC, COMMENT, CLOSE, EXPIRE = (
     "ticket_action",
     "expire_review",
 )
+READ_RUN, LANGSMITH_FEEDBACK = "langsmith_read_run", "langsmith_feedback"  # bridge/langsmith.py
 
 
 def request_hash(request: ReviewRequest) -> str:
@@ -103,23 +104,35 @@ def _by_idempotency(session: Session, api_key: str, key: str) -> Review | None:
 
 def _create(session: Session, rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None, digest: str) -> Review:
     review_id = new_id("rev")
-    routed = rt.router.route(review_id, request)
+    from_run = request.from_langsmith_run  # routed once the worker has read the run (READ_RUN)
+    routed = None if from_run else rt.router.route(review_id, request)
     review = Review(
         id=review_id,
         status=Status.queued,
-        title=request.title,
+        title=request.title or f"LangSmith run {request.langsmith.run_id}"[:255],
         request=request.model_dump(mode="json"),
         api_key_name=api_key,
         idempotency_key=idempotency_key,
         request_hash=digest,
-        route_reason=routed.reason,
+        route_reason=routed.reason if routed else "waiting for the LangSmith run to be read",
     )
     session.add(review)
     audit.record(session, "review.submitted", actor=f"api_key:{api_key}", review_id=review_id, title=request.title)
+    if from_run:
+        outbox.enqueue(session, review_id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
+        return review
+    route_review(session, rt, review, request, routed)
+    return review
+
+
+def route_review(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
+    """Send a new review where its route says (also once a LangSmith run has filled it in)."""
+    review_id = review.id
+    review.route_reason = routed.reason
     if routed.route is None:
         auto = [Decision(type="approve") for _ in request.action_requests]
         apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=routed.reason)
-        return review
+        return
     route = routed.route
     mapping = rt.mapping(route.mapping)
     review.route_name, review.route_mode = route.name, route.mode
@@ -129,12 +142,14 @@ def _create(session: Session, rt: Runtime, request: ReviewRequest, *, api_key: s
     if mapping.sla:
         review.expires_at = utcnow() + timedelta(seconds=mapping.sla.expire_after_seconds)
         outbox.enqueue(session, review_id, EXPIRE, delay_seconds=mapping.sla.expire_after_seconds)
+        from .governance import schedule_sla  # remind and escalate (issue 9)
+
+        schedule_sla(session, review, mapping)
     outbox.enqueue(session, review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
     audit.record(session, "review.routed", actor="bridge", review_id=review_id, route=route.name, mode=route.mode, mapping=mapping.name)
     if route.mode == "shadow":
         auto = [Decision(type="approve") for _ in request.action_requests]
         apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=f"shadow route {route.name!r}: the agent is not held")
-    return review
 
 
 # ----- decisions -------------------------------------------------------------------
@@ -165,6 +180,10 @@ def apply_decision(
     record = DecisionRecord(
         decisions=decisions, reviewer=reviewer, decided_at=utcnow(), ticket=_ticket_out(review), source=source, reason=reason
     )
+    if source != "route" and rt.settings.langsmith and request.langsmith and request.langsmith.run_id:
+        shadow = review.route_mode == "shadow" and source == "ticket"
+        outbox.enqueue(session, review.id, LANGSMITH_FEEDBACK, dedupe_key=f"{LANGSMITH_FEEDBACK}:{review.id}:{'shadow' if shadow else 'decision'}",
+                       payload={"decision": record.model_dump(mode="json")}, max_attempts=rt.settings.worker.max_attempts)
     if review.route_mode == "shadow" and source == "ticket":
         review.shadow_decision = record.model_dump(mode="json")
         audit.record(session, "review.shadow_decided", actor=_actor(reviewer), review_id=review.id, decision=review.shadow_decision)

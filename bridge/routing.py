@@ -115,11 +115,15 @@ def parse_routes(text: str, *, file: str = "routes.yaml") -> list[Route]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise MappingError(f"{file}: not valid YAML: {exc}") from exc
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise MappingError(
+            f"{file}: not valid YAML: {exc}",
+            details=[{"file": file, "line": None if line is None else line + 1, "reason": str(exc)}],
+        ) from exc
     try:
         return RoutesFile.model_validate(data).routes
     except ValidationError as exc:
-        details = describe_validation_error(exc, file)
+        details = describe_validation_error(exc, file, text)
         raise MappingError(f"{file}: {details[0]['field']}: {details[0]['reason']}", details=details) from exc
 
 

@@ -20,8 +20,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from connectors.emulators import EMULATORS, RunningEmulator, start_emulator
+from connectors.emulators.langsmith import LangSmithEmulator
 
-from .config import ApiKey, Settings, hash_api_key
+from .config import ApiKey, LangSmithSettings, Settings, hash_api_key
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
@@ -35,6 +36,7 @@ class Sandbox:
     callback_secret: str
     emulators: dict[str, RunningEmulator] = field(default_factory=dict)
     bridge_url: str = ""
+    langsmith: RunningEmulator | None = None
 
     def describe(self) -> dict[str, Any]:
         connections = []
@@ -53,11 +55,19 @@ class Sandbox:
             "callback_secret": self.callback_secret,
             "connections": connections,
             "page_url": f"{self.bridge_url}/sandbox/ui",
+            **({"langsmith": self.langsmith_description()} if self.langsmith else {}),
         }
+
+    def langsmith_description(self) -> dict[str, Any]:
+        emulator = self.langsmith.emulator
+        return {"api_url": self.langsmith.url, "api_key": emulator.api_key, "intake_secret": emulator.settings.webhook_secret,
+                "fire_rule_url": f"{self.langsmith.url}/_emulator/rules/fire"}
 
     def stop(self) -> None:
         for running in self.emulators.values():
             running.stop()
+        if self.langsmith:
+            self.langsmith.stop()
 
 
 def build(*, host: str, port: int, database: str | None = None, vendors: list[str] | None = None) -> tuple[Settings, Sandbox]:
@@ -70,6 +80,9 @@ def build(*, host: str, port: int, database: str | None = None, vendors: list[st
         running = start_emulator(emulator, host="127.0.0.1")
         sandbox.emulators[name] = running
         connections[name] = running.connection(name)
+    intake_secret = secrets.token_urlsafe(24)  # LangSmith: runs from automation rules go to the Jira sample mapping
+    sandbox.langsmith = start_emulator(LangSmithEmulator(
+        webhook_url=f"{bridge_url}/v1/intake/langsmith?secret={intake_secret}", webhook_secret=intake_secret))
     if database is None:
         database = str(Path(tempfile.mkdtemp(prefix="hitl-sandbox-")) / "bridge.db")
     settings = Settings(
@@ -82,6 +95,10 @@ def build(*, host: str, port: int, database: str | None = None, vendors: list[st
         callback_secret=sandbox.callback_secret,
         public_url=bridge_url,
         sandbox=True,
+        langsmith=LangSmithSettings(
+            api_url=sandbox.langsmith.url, api_key=sandbox.langsmith.emulator.api_key, web_url=sandbox.langsmith.url,
+            intake_secrets=[intake_secret], intake_metadata={"queue": "jira"},
+        ),
     )
     return settings, sandbox
 

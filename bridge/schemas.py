@@ -90,8 +90,10 @@ class Resume(Strict):
 
 
 class ReviewRequest(Strict):
-    title: str = Field(min_length=1, max_length=255)
-    action_requests: list[ActionRequest] = Field(min_length=1, max_length=50)
+    title: str = Field(default="", max_length=255, description="Required unless the review is built from a LangSmith run.")
+    action_requests: list[ActionRequest] = Field(
+        default_factory=list, max_length=50, description="At least one, unless the review is built from a LangSmith run."
+    )
     allowed_decisions: list[DecisionType] = Field(
         default_factory=lambda: ["approve", "edit", "reject"], min_length=1
     )
@@ -111,6 +113,22 @@ class ReviewRequest(Strict):
     def allowed_for(self, index: int) -> list[str]:
         action = self.action_requests[index]
         return list(action.allowed_decisions or self.allowed_decisions)
+
+    @property
+    def from_langsmith_run(self) -> bool:
+        """Only ``langsmith.run_id`` (plus routing hints): the worker reads the run to fill the rest."""
+        return not self.action_requests and self.langsmith is not None and bool(self.langsmith.run_id)
+
+    @model_validator(mode="after")
+    def _content_or_run(self) -> "ReviewRequest":
+        if self.from_langsmith_run:
+            return self
+        unless = "unless the review is built from a LangSmith run (send langsmith.run_id without action_requests)"
+        if not self.action_requests:
+            raise ValueError(f"action_requests: at least one action request is required {unless}")
+        if not self.title:
+            raise ValueError(f"title: a title of at least one character is required {unless}")
+        return self
 
 
 class Reviewer(BaseModel):

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -26,13 +27,18 @@ from standardwebhooks import Webhook
 from connectors.errors import ConnectorError, PermanentError, RateLimitedError, RetryableError
 
 from . import audit, outbox, reviews
+from .breaker import CircuitBreakers, CircuitOpenError
 from .db import utcnow
-from .decide import Decided, Refused, decide
+from .decide import Approval, Decided, Refused, decide
+from .governance import GovernanceJobs, approvals_of, groups_for, quorum_met, record_approval
+from .redact import redact_value
 from .errors import MappingError
+from .langsmith import LangSmithJobs
 from .logs import correlation
-from .mapping import ReplySpec, render_action, render_ticket, render_value, template_context
+from .mapping import ActionSpec, RedactionSpec, ReplySpec, render_action, render_ticket, render_value, template_context
 from .models import Job, Review
 from .runtime import Runtime
+from .wakeups import Listener
 from .schemas import Decision, DecisionRecord, ReviewRequest, Status
 
 log = logging.getLogger("bridge.worker")
@@ -48,7 +54,11 @@ class Worker:
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._listener: Listener | None = None
         self._http = httpx2.Client(timeout=10.0)
+        settings = rt.settings.worker
+        self.breakers = CircuitBreakers(threshold=settings.breaker_threshold, cooldown_seconds=settings.breaker_cooldown_seconds)
+        self._calls = threading.local()  # the connections the current job has used
         self.handlers: dict[str, Callable[[Job], None]] = {
             reviews.CREATE: self.create_ticket,
             reviews.SYNC: self.sync_ticket,
@@ -58,21 +68,39 @@ class Worker:
             reviews.CLOSE: self.ticket_action,
             reviews.EXPIRE: self.expire_review,
         }
+        self.handlers.update(LangSmithJobs(self).handlers())
+        self.handlers.update(GovernanceJobs(self).handlers())
 
     # ----- loop ------------------------------------------------------------------------
     def start(self) -> None:
+        if Listener.supported(self.rt.settings.database_url):
+            self._listener = Listener(self.rt.settings.database_url, self.rt.wakeup.set).start()
         for n in range(self.rt.settings.worker.concurrency):
             thread = threading.Thread(target=self._loop, name=f"worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the jobs in hand, claim no more (SIGTERM, shutdown)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Claim no more; let the jobs in hand finish for up to ``timeout`` seconds (the
+        shutdown grace), then release the rest so another worker takes them at once
+        instead of after their lease (SIGTERM, deploys)."""
         self._stop.set()
         self.rt.wakeup.set()
+        grace = self.rt.settings.worker.shutdown_grace_seconds if timeout is None else timeout
+        deadline = time.monotonic() + grace
         for thread in self._threads:
-            thread.join(timeout=timeout)
-        self._http.close()
+            thread.join(timeout=max(deadline - time.monotonic(), 0))
+        try:
+            released = outbox.release(self.rt.db, self.id)
+        except Exception:  # the database may be what is going away
+            log.exception("worker.release_failed")
+            released = 0
+        if released:
+            log.warning("worker.released", extra={"jobs": released, "worker": self.id})
+        if self._listener is not None:
+            self._listener.stop()
+        if not any(t.is_alive() for t in self._threads):
+            self._http.close()
 
     @property
     def alive(self) -> bool:
@@ -81,6 +109,9 @@ class Worker:
     def _loop(self) -> None:
         interval = self.rt.settings.worker.poll_interval_seconds
         while not self._stop.is_set():
+            # Cleared before looking, not after: a wake-up that arrives while we look is
+            # kept, so the wait below returns at once instead of after the poll interval.
+            self.rt.wakeup.clear()
             try:
                 worked = self.run_once()
             except Exception:  # the loop must survive anything, e.g. a database restart
@@ -88,7 +119,6 @@ class Worker:
                 worked = False
             if not worked:
                 self.rt.wakeup.wait(interval)
-                self.rt.wakeup.clear()
 
     def run_once(self) -> bool:
         job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
@@ -101,11 +131,16 @@ class Worker:
     def _run(self, job: Job) -> None:
         handler = self.handlers[job.kind]
         settings = self.rt.settings.worker
+        self._calls.connections = []
         try:
             handler(job)
+        except CircuitOpenError as exc:
+            self._failed(job, exc, retry_in=exc.retry_after, count_attempt=False)
         except (PermanentError, MappingError) as exc:
+            self._circuit_result(ok=True)  # the system answered: it is up
             self._failed(job, exc, retry_in=None)
         except ConnectorError as exc:
+            self._circuit_result(ok=not isinstance(exc, RetryableError))
             retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
             delay = outbox.backoff_seconds(
                 job.attempts, initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds, retry_after=retry_after
@@ -113,15 +148,33 @@ class Worker:
             self._failed(job, exc, retry_in=delay)
         except Exception as exc:
             log.exception("job.crashed", extra={"job_id": job.id, "kind": job.kind})
+            self._circuit_result(ok=False)
             delay = outbox.backoff_seconds(job.attempts, initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds)
             self._failed(job, exc, retry_in=delay)
         else:
+            self._circuit_result(ok=True)
             self.rt.metrics.job_runs.labels(job.kind, "done").inc()
 
-    def _failed(self, job: Job, exc: Exception, *, retry_in: float | None) -> None:
+    def _connector(self, connection: str):
+        """The connection's connector, unless its circuit is open (then CircuitOpenError)."""
+        self.breakers.check(connection)
+        self._calls.__dict__.setdefault("connections", []).append(connection)
+        return self.rt.connector(connection)
+
+    def _circuit_result(self, *, ok: bool) -> None:
+        used = getattr(self._calls, "connections", [])
+        if not used:
+            return
+        if ok:
+            for connection in set(used):
+                self.breakers.succeeded(connection)
+        elif self.breakers.failed(used[-1]):  # the last one called is the one that failed
+            log.warning("circuit.opened", extra={"connection": used[-1], "cooldown": self.breakers.cooldown})
+
+    def _failed(self, job: Job, exc: Exception, *, retry_in: float | None, count_attempt: bool = True) -> None:
         error = f"{type(exc).__name__}: {exc}"
         with self.rt.db.transaction() as session:
-            state = outbox.fail(session, job, error, retry_in=retry_in)
+            state = outbox.fail(session, job, error, retry_in=retry_in, count_attempt=count_attempt)
             if state == "dead":
                 self._dead(session, job, error)
         self.rt.metrics.job_runs.labels(job.kind, state).inc()
@@ -159,8 +212,9 @@ class Worker:
             return self._finish(job)
         mapping = reviews.snapshot_mapping(review)
         request = ReviewRequest.model_validate(review.request)
-        connector = self.rt.connector(mapping.connection)
+        connector = self._connector(mapping.connection)
         rendered = render_ticket(mapping, review.id, request, bridge_url=self.rt.settings.public_url)
+        rendered = rendered.model_copy(update=redact_value(rendered.model_dump(), mapping.redaction))  # nothing unmasked leaves
         origin = request.origin
         if mapping.ticket.target == "origin" and origin and origin.connection == mapping.connection:
             ticket = connector.get_ticket(origin.ticket_id)
@@ -195,18 +249,24 @@ class Worker:
             return self._finish(job)
         mapping = reviews.snapshot_mapping(review)
         request = ReviewRequest.model_validate(review.request)
-        ticket = self.rt.connector(mapping.connection).get_ticket(review.ticket_key)
+        ticket = self._connector(mapping.connection).get_ticket(review.ticket_key)
         account = self.rt.bridge_account(mapping.connection)
-        result = decide(ticket, mapping, request, since=review.created_at, bridge_account=account)
+        groups = groups_for(self._connector(mapping.connection), mapping, ticket.changed_by)
+        approvals = approvals_of(self.rt.db, review.id) if mapping.reviewers.quorum > 1 else ()
+        result = decide(ticket, mapping, request, since=review.created_at, bridge_account=account, groups=groups, approvals=approvals)
 
         def apply(session: Session, row: Review) -> None:
             if not _waiting(row) or result is None:
                 return
+            if isinstance(result, Approval):
+                record_approval(session, row, mapping, result)
+                return
             if isinstance(result, Decided):
+                quorum_met(session, row, mapping, result, ticket.changed_by)
                 reviews.apply_decision(session, self.rt, row, result.decisions, reviewer=result.reviewer, source="ticket")
                 return
             assert isinstance(result, Refused)
-            fingerprint = hashlib.sha256(f"{result.reason}|{ticket.status}|{ticket.updated}".encode()).hexdigest()[:32]
+            fingerprint = hashlib.sha256(f"{result.reason}|{ticket.status}|{ticket.changed_at or ticket.updated}".encode()).hexdigest()[:32]
             if row.refusal == fingerprint:
                 return
             row.refusal = fingerprint
@@ -226,9 +286,10 @@ class Worker:
         if request.resume.callback_url is not None:
             self._post_callback(str(request.resume.callback_url), review, record)
         else:
-            from .langgraph import resume_thread  # optional path, imported only when used
+            from .langgraph import api_key_for, resume_thread  # optional path, imported only when used
 
-            resume_thread(request.resume.langgraph, record)
+            target = request.resume.langgraph
+            resume_thread(target, record, api_key=api_key_for(self.rt.settings, str(target.url)))
 
         def apply(session: Session, row: Review) -> None:
             row.delivered_at = utcnow()
@@ -280,12 +341,13 @@ class Worker:
         spec = mapping.reply if mapping else ReplySpec()
         origin = request.origin
         body = job.payload["body"]
-        connector = self.rt.connector(origin.connection)
+        connector = self._connector(origin.connection)
         ticket = connector.get_ticket(origin.ticket_id)
         already = any(c.by_bridge and c.body.strip() == body.strip() for c in ticket.comments)
         if not already:
             connector.add_comment(ticket.ref.key, body, public=spec.public)
-        if spec.fields:
+        if spec.fields and mapping is not None and mapping.connection == origin.connection:
+            # reply.fields are in the mapping's vendor shape: only for origins in that system.
             fields = render_value(spec.fields, template_context(review.id, request), "reply.fields")
             connector.update_ticket(ticket.ref.key, fields)
 
@@ -299,8 +361,9 @@ class Worker:
         review = self._load(job.review_id)
         if not review.ticket_key:
             return self._finish(job)
-        connector = self.rt.connector(review.ticket_connection)
-        body = job.payload["body"]
+        connector = self._connector(review.ticket_connection)
+        mapping = reviews.snapshot_mapping(review)
+        body = redact_value(job.payload["body"], mapping.redaction if mapping else RedactionSpec())
         comments = connector.get_ticket(review.ticket_key).comments
         if not any(c.by_bridge and c.body.strip() == body.strip() for c in comments):
             connector.add_comment(review.ticket_key, body, public=bool(job.payload.get("public", False)))
@@ -314,7 +377,8 @@ class Worker:
         spec = getattr(mapping, job.payload["action"])
         context = template_context(review.id, ReviewRequest.model_validate(review.request), status=review.status)
         action = render_action(spec, context, job.payload["action"])
-        connector = self.rt.connector(review.ticket_connection)
+        action = ActionSpec.model_validate(redact_value(action.model_dump(), mapping.redaction))
+        connector = self._connector(review.ticket_connection)
         if action.comment:
             comments = connector.get_ticket(review.ticket_key).comments
             if not any(c.by_bridge and c.body.strip() == action.comment.strip() for c in comments):

@@ -4,6 +4,7 @@
 """
 
 from .base import ConnectionConfig, Connector, Person, Ticket, TicketEvent, TicketRef, Comment
+from .base import FieldUse, MappingProblem, PlannedRequest
 from .jira import JiraConnector
 from .servicenow import ServiceNowConnector
 from .zendesk import ZendeskConnector
@@ -34,6 +35,9 @@ __all__ = [
     "Comment",
     "ConnectionConfig",
     "Connector",
+    "FieldUse",
+    "MappingProblem",
+    "PlannedRequest",
     "Person",
     "Ticket",
     "TicketEvent",

@@ -99,6 +99,8 @@ class Ticket:
     """Oldest first."""
     changed_by: Person | None = None
     """Who made the most recent change to the status (or to the deciding field)."""
+    changed_at: datetime | None = None
+    """When that change was made, where the system says (tells one approval from the next)."""
     updated: datetime | None = None
 
 
@@ -112,6 +114,39 @@ class TicketEvent:
     kind: str
     """status_changed, comment_added, updated, created, deleted."""
     occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One HTTP call a connector would make, shown to an admin by the preview (never sent).
+    No credentials: the Authorization header is left out."""
+
+    method: str
+    url: str
+    body: Any
+    purpose: str
+
+
+@dataclass(frozen=True)
+class FieldUse:
+    """Something a mapping names in the vendor's system, for ``doctor`` to look up.
+
+    ``where`` is opaque to the connector (the bridge turns it into a file and line) and is
+    echoed back in every problem about this use."""
+
+    where: str
+    field: str
+    """The vendor field as the mapping writes it (``issuetype``, ``__table``, ``custom_fields.360000102``)."""
+    value: Any = None
+    """A literal value the mapping sets or expects (None: only the field must exist)."""
+    role: str = "create"
+    """create (a new ticket's field), update (set on an existing ticket), decide (read to decide)."""
+
+
+@dataclass(frozen=True)
+class MappingProblem:
+    where: str
+    message: str
 
 
 @runtime_checkable
@@ -148,3 +183,18 @@ class Connector(Protocol):
 
     def close(self) -> None:
         """Release sessions and sockets."""
+
+    # Optional: the bridge calls these only when a connector has them (``getattr``).
+    def plan_requests(
+        self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
+    ) -> list[PlannedRequest]:
+        """Optional. The requests ``create_ticket`` (or, with ``origin_key``,
+        ``update_ticket``) and the opening ``add_comment`` would send, for the preview."""
+
+    def check_mapping(self, uses: Sequence[FieldUse]) -> list[MappingProblem]:
+        """Optional. Read-only metadata calls: does everything the mapping names exist
+        (project, issue type, table, object, fields, statuses, choice and picklist values)?"""
+
+    def groups_of(self, person: Person) -> set[str]:
+        """Optional. The names of the groups (Jira groups, ServiceNow groups, Zendesk groups,
+        Salesforce queues or permission sets) ``person`` belongs to, for ``reviewers.groups``."""

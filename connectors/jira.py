@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
@@ -20,7 +20,7 @@ import requests
 from jira import JIRA, JIRAError
 from pydantic import Field, SecretStr
 
-from .base import Comment, ConnectionConfig, Person, Ticket, TicketEvent, TicketRef
+from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
     ConnectorError,
@@ -217,6 +217,7 @@ class JiraConnector:
             labels=labels,
             comments=sorted(comments, key=lambda c: (c.created or datetime.min.replace(tzinfo=timezone.utc))),
             changed_by=self._status_changer(raw.get("changelog") or {}),
+            changed_at=self._status_changed_at(raw.get("changelog") or {}),
             updated=_parse_time(fields.get("updated")),
         )
 
@@ -265,6 +266,74 @@ class JiraConnector:
             self._client.close()
             self._client = None
 
+    # ----- admin: preview and doctor ---------------------------------------------
+    def plan_requests(
+        self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
+    ) -> list[PlannedRequest]:
+        api = f"{self.config.base_url}/rest/api/2"
+        payload = dict(fields)
+        status = payload.pop("status", None)
+        if origin_key:
+            key, planned = origin_key, [PlannedRequest("PUT", f"{api}/issue/{origin_key}", {"fields": payload}, "update the origin issue")] if payload else []
+        else:
+            label = review_label(review_id)
+            payload["labels"] = list(payload.get("labels") or []) + ([label] if label not in (payload.get("labels") or []) else [])
+            key, planned = "{new issue id}", [PlannedRequest("POST", f"{api}/issue", {"fields": payload}, "create the review issue")]
+        if status:
+            target = status.get("name") if isinstance(status, Mapping) else status
+            planned.append(PlannedRequest("POST", f"{api}/issue/{key}/transitions",
+                                          {"transition": {"id": f"{{the transition to {target}}}"}}, f"move to {target}"))
+        if comment:
+            planned.append(PlannedRequest("POST", f"{api}/issue/{key}/comment", {"body": comment}, "the opening comment"))
+        return planned
+
+    def check_mapping(self, uses: Sequence[FieldUse]) -> list[MappingProblem]:
+        """Project, issue type, fields (settable ones for create and update) and the statuses
+        in the issue type's workflow, which the connector's transitions can reach."""
+        problems: list[MappingProblem] = []
+        by_field = {u.field: u for u in uses if u.role == "create"}
+        project_use, type_use = by_field.get("project"), by_field.get("issuetype")
+        project = issue_type = None
+        if project_use is not None and isinstance(project_use.value, Mapping):
+            wanted = project_use.value.get("key") or project_use.value.get("id")
+            try:
+                project = self._call("check_mapping", lambda jira: jira._get_json(f"project/{wanted}", params={"expand": "issueTypes"}))
+            except RemoteNotFoundError:
+                problems.append(MappingProblem(project_use.where, f"Jira has no project {wanted!r} (or the bridge account cannot see it)"))
+        if project and type_use is not None and isinstance(type_use.value, Mapping):
+            wanted = type_use.value.get("name") or type_use.value.get("id")
+            types = project.get("issueTypes") or []
+            issue_type = next((t for t in types if wanted in (t.get("name"), str(t.get("id")))), None)
+            if issue_type is None:
+                problems.append(MappingProblem(
+                    type_use.where, f"project {project['key']} has no issue type {wanted!r}; it has {[t.get('name') for t in types]}"))
+        fields = {f["id"]: f for f in self._call("check_mapping", lambda jira: jira.fields())}
+        names = {str(f.get("name", "")).casefold(): f["id"] for f in fields.values()}
+        statuses: set[str] | None = None
+        if project and issue_type:
+            workflows = self._call("check_mapping", lambda jira: jira._get_json(f"project/{project['key']}/statuses"))
+            flow = next((w for w in workflows if str(w.get("id")) == str(issue_type.get("id"))), None)
+            statuses = {s["name"] for s in (flow or {}).get("statuses") or []}
+        elif project is None and project_use is None:
+            statuses = {s.name for s in self._call("check_mapping", lambda jira: jira.statuses())}
+        for use in uses:
+            if use.field == "status":
+                if use.value is not None and statuses is not None:
+                    value = use.value.get("name") if isinstance(use.value, Mapping) else str(use.value)
+                    if value not in statuses:
+                        problems.append(MappingProblem(
+                            use.where, f"status {value!r} is not in the workflow of this issue type; transitions reach {sorted(statuses)}"))
+                continue
+            if use.field in ("project", "issuetype"):
+                continue
+            field = fields.get(use.field)
+            if field is None:
+                hint = f" (did you mean {names[use.field.casefold()]!r}? Jira takes field ids)" if use.field.casefold() in names else ""
+                problems.append(MappingProblem(use.where, f"Jira has no field {use.field!r}{hint}"))
+            elif use.role in ("create", "update") and not field.get("orderable", True):
+                problems.append(MappingProblem(use.where, f"field {use.field!r} ({field.get('name')}) cannot be set"))
+        return problems
+
     # ----- helpers -----------------------------------------------------------------
     def _move(self, jira: JIRA, key: str, target: str) -> None:
         """Run the transition named after ``target`` (or leading to it); already there is fine."""
@@ -308,6 +377,16 @@ class JiraConnector:
 
         newest = max(histories, key=order)
         return person(newest.get("author"))
+
+    def _status_changed_at(self, changelog: Mapping[str, Any]) -> datetime | None:
+        times = [_parse_time(h.get("created")) for h in changelog.get("histories") or []
+                 if any(_is_status_item(i) for i in h.get("items", []))]
+        return max((t for t in times if t is not None), default=None)
+
+    def groups_of(self, person: Person) -> set[str]:
+        """Jira groups of a user (``GET /user?accountId=...&expand=groups``)."""
+        raw = self._call("groups_of", lambda jira: jira.user(person.id, expand="groups")).raw
+        return {str(g.get("name")) for g in (raw.get("groups") or {}).get("items") or [] if g.get("name")}
 
 
 def parse_webhook(

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.format import format_soql
 from simple_salesforce.login import SalesforceLogin, token_login
 
-from .base import Comment, ConnectionConfig, Person, Ticket, TicketEvent, TicketRef
+from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
     ConnectorError,
@@ -387,6 +387,57 @@ class SalesforceConnector:
             id=created["id"], body=body, author=self._bridge_user(), public=bool(public),
             created=datetime.now(timezone.utc), by_bridge=True,
         )
+
+    # ----- admin: preview and doctor ---------------------------------------------
+    def plan_requests(
+        self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
+    ) -> list[PlannedRequest]:
+        """No login for a preview: the instance URL (known after login) is shown as {instance_url}."""
+        api = f"{{instance_url}}/services/data/v{self.config.api_version}/sobjects"
+        data = dict(fields)
+        sobject = str(data.pop("__object", None) or self.config.object)
+        if origin_key:
+            data = {("Status" if k == "status" else k): v for k, v in data.items()}
+            record_id = origin_key.rpartition(":")[2]
+            planned = [PlannedRequest("PATCH", f"{api}/{sobject}/{record_id}", data, "update the origin record")] if data else []
+        else:
+            data[self.config.external_id_field] = review_id
+            record_id = "{new record id}"
+            planned = [PlannedRequest("POST", f"{api}/{sobject}/", data, f"create the review {sobject}")]
+        if comment:
+            planned.append(PlannedRequest("POST", f"{api}/CaseComment/",
+                                          {"ParentId": record_id, "CommentBody": comment, "IsPublished": False},
+                                          "the opening private case comment"))
+        return planned
+
+    def check_mapping(self, uses: Sequence[FieldUse]) -> list[MappingProblem]:
+        """The object's describe: each field exists (createable for a new record, updateable
+        for an update) and literal values are among a picklist's active values."""
+        object_use = next((u for u in uses if u.field == "__object"), None)
+        sobject = str(object_use.value) if object_use and object_use.value else self.config.object
+        try:
+            described = self._call("check_mapping", lambda sf: getattr(sf, sobject).describe())
+        except RemoteNotFoundError:
+            where = object_use.where if object_use else "connection"
+            return [MappingProblem(where, f"Salesforce has no object {sobject!r} (or the bridge user cannot see it)")]
+        fields = {f["name"]: f for f in described.get("fields") or []}
+        problems: list[MappingProblem] = []
+        for use in uses:
+            if use.field == "__object":
+                continue
+            name = "Status" if use.field == "status" and use.role == "update" else use.field
+            field = fields.get(name)
+            if field is None:
+                problems.append(MappingProblem(use.where, f"{sobject} has no field {name!r}"))
+                continue
+            if use.role == "create" and not field.get("createable"):
+                problems.append(MappingProblem(use.where, f"{sobject}.{name} cannot be set on create"))
+            if use.role == "update" and not field.get("updateable"):
+                problems.append(MappingProblem(use.where, f"{sobject}.{name} cannot be updated"))
+            values = [p["value"] for p in field.get("picklistValues") or [] if p.get("active", True)]
+            if values and use.value not in (None, "") and not isinstance(use.value, (dict, list)) and str(use.value) not in values:
+                problems.append(MappingProblem(use.where, f"{use.value!r} is not a value of the {sobject}.{name} picklist; values: {values}"))
+        return problems
 
     # ----- notifications ---------------------------------------------------------
     def verify_and_parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:

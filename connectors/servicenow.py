@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -26,7 +26,7 @@ from pydantic import Field, SecretStr
 from pysnow import exceptions as snow_errors
 from requests.adapters import HTTPAdapter
 
-from .base import Comment, ConnectionConfig, Person, Ticket, TicketEvent, TicketRef
+from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
     ConnectorError,
@@ -359,6 +359,73 @@ class ServiceNowConnector:
                 return self._comment(rows[0])
         return Comment(id=f"{sys_id}:{element}", body=body, author=Person(id=self.config.username),
                        public=public, by_bridge=True)
+
+    # ----- admin: preview and doctor ---------------------------------------------
+    def plan_requests(
+        self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
+    ) -> list[PlannedRequest]:
+        api = f"{self.config.base_url}/api/now/table"
+        payload = dict(fields)
+        table = str(payload.pop(TABLE_KEY, None) or self.config.table)
+        if origin_key:
+            table, _, sys_id = origin_key.rpartition(":")
+            target = f"{api}/{table or self.config.table}/{sys_id}"
+            planned = [PlannedRequest("PATCH", target, payload, "update the origin record")] if payload else []
+        else:
+            payload.update(correlation_id=review_id, correlation_display="hitl-bridge")
+            target = f"{api}/{table}/{{new sys_id}}"
+            planned = [PlannedRequest("POST", f"{api}/{table}", payload, f"create the review record in {table}")]
+        if comment:
+            planned.append(PlannedRequest("PATCH", target, {"work_notes": comment}, "the opening work note"))
+        return planned
+
+    def check_mapping(self, uses: Sequence[FieldUse]) -> list[MappingProblem]:
+        """The table (and the tables it extends) in ``sys_db_object``, each field in
+        ``sys_dictionary``, choice values in ``sys_choice`` and referenced records by name."""
+        problems: list[MappingProblem] = []
+        table_use = next((u for u in uses if u.field == TABLE_KEY), None)
+        table = str(table_use.value) if table_use and table_use.value else self.config.table
+        with self._calling("check_mapping"):
+            chain = self._table_chain(table)
+            if not chain:
+                where = table_use.where if table_use else "connection"
+                return [MappingProblem(where, f"ServiceNow has no table {table!r} (or the bridge account cannot read it)")]
+            names = ",".join(chain)
+            columns = {_value(r.get("element")): r for r in self._query("sys_dictionary", f"nameIN{names}", limit=2000)}
+            choices: dict[str, dict[str, str]] = {}
+            for row in self._query("sys_choice", f"nameIN{names}^inactive=false", limit=5000):
+                element = _value(row.get("element"))
+                choices.setdefault(element, {})[_value(row.get("value"))] = _value(row.get("label"))
+            for use in uses:
+                if use.field == TABLE_KEY:
+                    continue
+                field = "state" if use.field == "status" and use.role == "update" else use.field
+                column = columns.get(field)
+                if column is None:
+                    problems.append(MappingProblem(use.where, f"table {table} has no field {field!r}"))
+                    continue
+                if use.value is None or isinstance(use.value, (dict, list)) or str(use.value) == "":
+                    continue
+                value = str(use.value)
+                if field in choices and value not in choices[field] and value not in choices[field].values():
+                    known = sorted(choices[field])
+                    problems.append(MappingProblem(use.where, f"{value!r} is not a choice of {table}.{field}; choices: {known}"))
+                reference = _value(column.get("reference"))
+                if reference and _value(column.get("internal_type")) == "reference" and not SYS_ID.match(value):
+                    label_field = "user_name" if reference == "sys_user" else "name"
+                    if not self._query(reference, f"{label_field}={value}", limit=1):
+                        problems.append(MappingProblem(use.where, f"{table}.{field} refers to {reference}, which has no {value!r}"))
+        return problems
+
+    def _table_chain(self, table: str) -> list[str]:
+        """``table`` and every table it extends (``u_ai_review`` -> task), or [] if unknown."""
+        chain: list[str] = []
+        rows = self._query("sys_db_object", f"name={table}", limit=1)
+        while rows and len(chain) < 10:
+            chain.append(_value(rows[0].get("name")))
+            parent = _value(rows[0].get("super_class"))
+            rows = self._query("sys_db_object", f"sys_id={parent}", limit=1) if parent else []
+        return chain
 
     def verify_and_parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:
         lowered = {k.lower(): v for k, v in headers.items()}

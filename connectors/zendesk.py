@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -34,7 +34,7 @@ from zenpy.lib.api_objects import Ticket as ZenpyTicket
 from zenpy.lib.api_objects import Trigger, Webhook
 from zenpy.lib.exception import APIException, ZenpyException
 
-from .base import Comment, ConnectionConfig, Person, Ticket, TicketEvent, TicketRef
+from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
     ConnectorError,
@@ -373,6 +373,87 @@ class ZendeskConnector:
         author = me if author_id == me.id else Person(id=author_id)
         return Comment(id=str(event.get("id") or ""), body=body, author=author, public=public,
                        created=_parse_time(_as_dict(audit.audit).get("created_at")), by_bridge=True)
+
+    # ----- admin: preview and doctor ---------------------------------------------
+    def plan_requests(
+        self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
+    ) -> list[PlannedRequest]:
+        api = f"{self.config.base_url}/api/v2"
+
+        def comment_json(body: Any) -> dict[str, Any]:
+            data = {"body": body} if isinstance(body, str) else dict(body)
+            if str(data.get("body") or "").lstrip().startswith("<") and "html_body" not in data:
+                data["html_body"] = data.pop("body")
+            if self.config.author_id is not None:
+                data.setdefault("author_id", self.config.author_id)
+            return data
+
+        if origin_key:
+            data = {k: v for k, v in _present(fields).items() if k != "id"}
+            if data.get("comment"):
+                data["comment"] = comment_json(data["comment"])
+            ticket_url = f"{api}/tickets/{origin_key}.json"
+            planned = [PlannedRequest("PUT", ticket_url, {"ticket": data}, "update the customer's ticket")] if data else []
+        else:
+            data = _present(fields)
+            tags = [t for t in data.pop("tags", None) or [] if t]
+            tags += [t for t in data.pop("additional_tags", None) or [] if t not in tags]
+            data.pop("remove_tags", None)
+            data["tags"] = tags + [stamp_tag(review_id)]
+            data["external_id"] = review_id
+            if not data.get("comment") and not data.get("description"):
+                data["comment"] = {"body": data.get("subject") or f"hitl-bridge review {review_id}", "public": False}
+            data["comment"] = comment_json(data["comment"]) if data.get("comment") else None
+            ticket_url = f"{api}/tickets/{{new ticket id}}.json"
+            planned = [PlannedRequest("POST", f"{api}/tickets.json", {"ticket": {k: v for k, v in data.items() if v is not None}},
+                                      "create the review ticket")]
+        if comment:
+            planned.append(PlannedRequest("PUT", ticket_url, {"ticket": {"comment": comment_json({"body": comment, "public": False})}},
+                                          "the opening internal note"))
+        return planned
+
+    SYSTEM_FIELDS: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "subject": None, "comment": None, "description": None, "tags": None, "additional_tags": None, "remove_tags": None,
+        "priority": ("low", "normal", "high", "urgent"), "status": ("new", "open", "pending", "hold", "solved", "closed"),
+        "type": ("problem", "incident", "question", "task"), "group_id": None, "assignee_id": None, "assignee_email": None,
+        "requester_id": None, "requester": None, "external_id": None, "due_at": None, "custom_fields": None,
+        "collaborator_ids": None, "email_ccs": None, "followers": None, "brand_id": None, "ticket_form_id": None,
+        "organization_id": None, "problem_id": None, "submitter_id": None, "safe_update": None, "updated_stamp": None,
+    }
+
+    def check_mapping(self, uses: Sequence[FieldUse]) -> list[MappingProblem]:
+        """Ticket properties, custom ticket fields (``custom_fields.<id>``, ``custom_fields``
+        lists) and their drop-down options, groups and status/priority values."""
+        problems: list[MappingProblem] = []
+        with self._calling("check_mapping"):
+            fields = {int(f["id"]): f for f in (_as_dict(x) for x in self.client.ticket_fields())}
+            groups = {int(g["id"]): g for g in (_as_dict(x) for x in self.client.groups())}
+
+        def check_custom(where: str, field_id: Any, value: Any) -> None:
+            field = fields.get(int(field_id)) if str(field_id).isdigit() else None
+            if field is None:
+                problems.append(MappingProblem(where, f"Zendesk has no ticket field {field_id}"))
+                return
+            options = [_as_dict(o).get("value") for o in field.get("custom_field_options") or []]
+            if options and value not in (None, "") and not isinstance(value, (list, dict)) and str(value) not in options:
+                problems.append(MappingProblem(where, f"{value!r} is not an option of {field.get('title')!r} ({field_id}); options: {options}"))
+
+        for use in uses:
+            name, value = use.field, use.value
+            if name.startswith("custom_fields."):
+                check_custom(use.where, name.split(".", 1)[1], value)
+            elif name == "custom_fields":
+                for item in value or []:
+                    if isinstance(item, Mapping):
+                        check_custom(use.where, item.get("id"), item.get("value"))
+            elif name not in self.SYSTEM_FIELDS:
+                problems.append(MappingProblem(use.where, f"{name!r} is not a Zendesk ticket property; custom fields are custom_fields.<id>"))
+            elif name == "group_id" and value not in (None, ""):
+                if not str(value).isdigit() or int(value) not in groups:
+                    problems.append(MappingProblem(use.where, f"Zendesk has no group {value}; groups: {sorted((g['id'], g['name']) for g in groups.values())}"))
+            elif self.SYSTEM_FIELDS[name] and value not in (None, "") and isinstance(value, str) and value not in self.SYSTEM_FIELDS[name]:
+                problems.append(MappingProblem(use.where, f"{value!r} is not a Zendesk {name}; one of {list(self.SYSTEM_FIELDS[name])}"))
+        return problems
 
     def verify_and_parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:
         lowered = {k.lower(): v for k, v in headers.items()}

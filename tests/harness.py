@@ -51,7 +51,7 @@ class TestDatabase:
     def __init__(self, tmp_path: Path, *, name: str = "bridge"):
         self.server_url = os.environ.get("HITL_TEST_DATABASE_URL", "")
         self.name = None
-        if not self.server_url.startswith("postgres"):
+        if not self.postgres_configured():
             self.url = f"sqlite:///{tmp_path / f'{name}.db'}"
             return
         from sqlalchemy.engine import make_url
@@ -59,6 +59,10 @@ class TestDatabase:
         self.name = f"hitl_test_{os.getpid()}_{os.urandom(4).hex()}"
         self._admin(f'CREATE DATABASE "{self.name}"')
         self.url = make_url(normalize_url(self.server_url)).set(database=self.name).render_as_string(hide_password=False)
+
+    @staticmethod
+    def postgres_configured() -> bool:
+        return os.environ.get("HITL_TEST_DATABASE_URL", "").startswith("postgres")
 
     def _admin(self, statement: str) -> None:
         from sqlalchemy import create_engine, text

@@ -3,6 +3,7 @@ webhook receivers) and polling helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ class Recorder:
     status: int = 200
     body: bytes = b'{"ok": true}'
     content_type: str = "application/json"
+    delay: float = 0.0  # seconds to hold each answer after recording the request (crash tests)
     requests: list[Recorded] = field(default_factory=list)
     server: RunningServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -40,6 +42,8 @@ class Recorder:
         body = await request.body()
         with self._lock:
             self.requests.append(Recorded(request.method, request.url.path, dict(request.headers), body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return Response(self.body, status_code=self.status, media_type=self.content_type)
 
     def start(self) -> "Recorder":

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select, text
 
+from .. import audit
 from ..deps import AuditKey, RuntimeDep
 from ..models import AuditEvent
 
@@ -53,9 +54,5 @@ def audit_trail(
     if review_id:
         query = query.where(AuditEvent.review_id == review_id)
     with rt.db.transaction() as session:
-        events = [
-            {"id": e.id, "review_id": e.review_id, "at": e.at.isoformat(), "actor": e.actor, "kind": e.kind,
-             "data": e.data, "prev_hash": e.prev_hash, "hash": e.hash}
-            for e in session.execute(query).scalars()
-        ]
+        events = audit.with_content(session, list(session.execute(query).scalars()))
     return {"items": events, "next_after": events[-1]["id"] if len(events) == limit else None}

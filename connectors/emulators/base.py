@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import queue
 import secrets
 import socket
@@ -69,6 +70,8 @@ class EmulatorSettings(BaseModel):
     write_delay_ms: int = 0
     faults: list[Fault] = Field(default_factory=list)
     webhook_attempts: int = 5
+    rate_limit_per_second: float = Field(default=0, ge=0, description="A token bucket over the vendor API (0: none).")
+    rate_limit_burst: int = Field(default=0, ge=0, description="The bucket's size (0: one second's worth).")
 
 
 class Act(BaseModel):
@@ -218,6 +221,21 @@ class Emulator:
                     return fault
         return None
 
+    def take_token(self) -> float | None:
+        """The rate limit's token bucket: None when the request may go on, else the seconds
+        until a token is back (for Retry-After)."""
+        rate = self.settings.rate_limit_per_second
+        burst = self.settings.rate_limit_burst or max(1, int(rate))
+        with self.lock:
+            now = time.monotonic()
+            tokens, last = getattr(self, "_bucket", (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            if tokens < 1:
+                self._bucket = (tokens, now)
+                return (1 - tokens) / rate
+            self._bucket = (tokens - 1, now)
+            return None
+
     def build_app(self) -> Starlette:
         control = [
             Route("/_emulator/health", self._health, methods=["GET"]),
@@ -281,6 +299,12 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         settings = self.emulator.settings
+        if settings.rate_limit_per_second:
+            wait = self.emulator.take_token()
+            if wait is not None:
+                response = self.emulator.error_response(429, "rate limit exceeded", retry_after=max(1, math.ceil(wait)))
+                await response(scope, receive, send)
+                return
         if settings.latency_ms:
             await asyncio.sleep(settings.latency_ms / 1000)
         fault = self.emulator.take_fault(scope["method"], scope["path"])

@@ -39,6 +39,7 @@ class JiraEmulator(JiraModel, Emulator):
             ("/serverInfo", ["GET"], self._r_server_info), ("/myself", ["GET"], self._r_myself),
             ("/user", ["GET"], self._r_user), ("/field", ["GET"], self._r_fields),
             ("/project/{key}", ["GET"], self._r_project), ("/issuetype", ["GET"], self._r_issuetypes),
+            ("/project/{key}/statuses", ["GET"], self._r_project_statuses),
             ("/status", ["GET"], self._r_statuses), ("/search", ["GET", "POST"], self._r_search),
             ("/search/jql", ["GET", "POST"], self._r_search), ("/issue", ["POST"], self._r_create),
             ("/issue/{key}", ["GET", "PUT"], self._r_issue),
@@ -91,7 +92,11 @@ class JiraEmulator(JiraModel, Emulator):
 
     def _r_user(self, request, username, body):
         found = self._username_for(request.query_params.get("accountId") or request.query_params.get("username"))
-        return JSONResponse(self._user(found))
+        user = self._user(found)
+        if user is not None and "groups" in request.query_params.get("expand", ""):
+            names = self.groups.get(found, [])
+            user["groups"] = {"size": len(names), "items": [{"name": n, "groupId": f"g-{n}"} for n in names]}
+        return JSONResponse(user)
 
     def _r_fields(self, request, username, body):
         return JSONResponse([{"id": fid, "key": fid, "name": name, "custom": fid.startswith("customfield_"),
@@ -105,6 +110,15 @@ class JiraEmulator(JiraModel, Emulator):
         if found is None:
             return _error(404, [f"No project could be found with key '{key}'."])
         return JSONResponse(self._project(found, expand="issueTypes" in request.query_params.get("expand", "")))
+
+    def _r_project_statuses(self, request, username, body):
+        """Each issue type's workflow statuses (every status transitions to every other here)."""
+        key = request.path_params["key"]
+        found = next((k for k, p in PROJECTS.items() if key in (k, p["id"])), None)
+        if found is None:
+            return _error(404, [f"No project could be found with key '{key}'."])
+        return JSONResponse([self._issuetype(t) | {"statuses": [self._status(s) for s in STATUSES]}
+                             for t in PROJECTS[found]["types"]])
 
     def _r_issuetypes(self, request, username, body):
         return JSONResponse([self._issuetype(t) for t in ISSUE_TYPES])

@@ -32,6 +32,10 @@ class JiraModel:
                     "emailAddress": email, "accountType": kind, "token": secrets.token_urlsafe(18),
                 }
             self.bridge_token = self.users["hitl-bridge"]["token"]
+            self.groups: dict[str, list[str]] = {  # username -> Jira group names (tests change them)
+                "alice": ["jira-software-users"], "bob": ["jira-software-users", "refund-approvers"],
+                "hitl-bridge": ["jira-software-users"], "carol": [],
+            }
             self.issues: dict[str, dict[str, Any]] = {}
             self.counters = {"issue": 10000, "comment": 10000, "history": 10000, "project": {}}
             self._seed()

@@ -47,9 +47,14 @@ TABLE_FIELDS: dict[str, set[str]] = {
     "sys_choice": {"sys_id", "name", "element", "value", "label", "sequence", "language", "inactive",
                    "sys_created_on"},
 }
+TABLE_FIELDS["sys_db_object"] = {"sys_id", "name", "label", "super_class", "sys_created_on"}
+TABLE_FIELDS["sys_dictionary"] = {"sys_id", "name", "element", "column_label", "internal_type", "reference",
+                                  "max_length", "active", "sys_created_on"}
+REVIEW_COLUMNS = {"u_review_id": "string", "u_confidence": "string", "u_trace_url": "url"}
+"""The columns docs/servicenow.md adds to the review table (the emulator accepts any u_ field)."""
 TASK_TABLES = ("incident", "sc_task", "sn_customerservice_case", REVIEW_TABLE)
 PREFIXES = {"incident": "INC", "sc_task": "SCTASK", "sn_customerservice_case": "CS", REVIEW_TABLE: "AIR"}
-READ_ONLY = {"sys_user", "sys_user_group", "sys_journal_field", "sys_audit", "sys_choice"}
+READ_ONLY = {"sys_user", "sys_user_group", "sys_journal_field", "sys_audit", "sys_choice", "sys_db_object", "sys_dictionary"}
 REFERENCES = {
     "assignment_group": "sys_user_group", "assigned_to": "sys_user", "caller_id": "sys_user",
     "opened_by": "sys_user", "closed_by": "sys_user", "resolved_by": "sys_user", "contact": "sys_user",
@@ -119,3 +124,27 @@ def matches(record: dict[str, str], terms: list[tuple[str, str, str]]) -> bool:
         if operator == "STARTSWITH" and not actual.startswith(value):
             return False
     return True
+
+
+def dictionary() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Rows of ``sys_db_object`` (tables; task tables name ``task`` as their super class) and
+    ``sys_dictionary`` (each table's own columns; inherited ones live on the parent), as a real
+    instance keeps them. ``super_class`` holds the parent's name here, filled in as a sys_id
+    by the emulator."""
+    tables = [{"name": "task", "label": "Task", "super_class": ""}]
+    columns: list[dict[str, str]] = [_column("task", f) for f in sorted(TASK_FIELDS)]
+    for table, fields in TABLE_FIELDS.items():
+        parent = "task" if table in TASK_TABLES else ""
+        tables.append({"name": table, "label": table.replace("_", " ").title(), "super_class": parent})
+        own = fields - TASK_FIELDS if parent else fields
+        if table == REVIEW_TABLE:
+            own = own | set(REVIEW_COLUMNS)
+        columns += [_column(table, f) for f in sorted(own)]
+    return tables, columns
+
+
+def _column(table: str, element: str) -> dict[str, str]:
+    kind = "reference" if element in REFERENCES else ("journal_input" if element in JOURNAL else
+                                                       REVIEW_COLUMNS.get(element, "string"))
+    return {"name": table, "element": element, "column_label": element.replace("_", " ").title(),
+            "internal_type": kind, "reference": REFERENCES.get(element, ""), "max_length": "4000", "active": "true"}

@@ -40,6 +40,7 @@ from .data import (
     TASK_FIELDS,
     TASK_TABLES,
     USERS,
+    dictionary,
     matches,
     parse_query,
 )
@@ -69,6 +70,12 @@ class ServiceNowEmulator(Emulator):
                 self.passwords[user["user_name"]] = user["password"]
             group = {"sys_id": new_sys_id(), "name": "AI Review", "description": "Reviews AI agents' actions"}
             self._store("sys_user_group", group)
+            tables, columns = dictionary()
+            ids = {t["name"]: new_sys_id() for t in tables}
+            for table in tables:
+                self._store("sys_db_object", {**table, "sys_id": ids[table["name"]], "super_class": ids.get(table["super_class"], "")})
+            for column in columns:
+                self._store("sys_dictionary", {"sys_id": new_sys_id(), **column})
             for (table, element), choices in CHOICES.items():
                 for order, (value, label) in enumerate(choices):
                     self._store("sys_choice", {

@@ -1,0 +1,64 @@
+"""1. Intake: ``POST /v1/reviews`` accepted per second next to a bare FastAPI app that does
+one insert of the same row, same server settings, same database settings, same run.
+
+The bridge runs as ``hitl-bridge serve --no-worker`` (the API process; its worker would
+otherwise compete for the same two cores while the emulator answers it in this process),
+and once more with its worker in-process at one concurrency, for the record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import AGENT_KEY, Callbacks, Database, Upstream, bridge_settings, closed_loop, review_body, say, start_app, start_bridge
+
+WARMUP = 100
+
+
+def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: str | None, concurrencies: list[int],
+        seconds: float, max_requests: int) -> dict[str, Any]:
+    base_db = Database(workdir, "intake_baseline", server_url)
+    bridge_db = Database(workdir, "intake_bridge", server_url)
+    worker_db = Database(workdir, "intake_bridge_worker", server_url)
+    baseline = start_app("baseline", workdir, database_url=base_db.url)
+    bridge = start_bridge(bridge_settings(bridge_db.url, upstream, workdir), workdir, worker=False, name="intake-bridge")
+    auth = {"authorization": f"Bearer {AGENT_KEY}"}
+    counter = iter(range(10**9))
+
+    def bodies(n: int) -> list[bytes]:
+        return [review_body(callbacks.url, next(counter)) for _ in range(n)]
+
+    rows: list[dict[str, Any]] = []
+    try:
+        ceiling = closed_loop(baseline.url, "/noop", bodies(min(max_requests, 3000)), concurrency=16, max_seconds=seconds)
+        rows.append({"system": "ceiling (no-op POST)", "concurrency": 16, **ceiling.row()})
+        for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
+            closed_loop(server.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=headers)
+        for concurrency in concurrencies:
+            for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
+                result = closed_loop(server.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
+                                     max_seconds=seconds, headers=headers)
+                rows.append({"system": name, "concurrency": concurrency, **result.row()})
+                say(f"intake {name} c={concurrency}: {result.throughput()}/s p99 {rows[-1]['p99_ms']} ms")
+    finally:
+        baseline.stop()
+        bridge.stop()
+    with_worker = start_bridge(bridge_settings(worker_db.url, upstream, workdir), workdir, worker=True, name="intake-bridge-worker")
+    try:
+        concurrency = 16 if 16 in concurrencies else concurrencies[-1]
+        closed_loop(with_worker.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=auth)
+        result = closed_loop(with_worker.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
+                             max_seconds=seconds, headers=auth)
+        rows.append({"system": "bridge + worker in-process", "concurrency": concurrency, **result.row()})
+        say(f"intake bridge+worker c={concurrency}: {result.throughput()}/s")
+    finally:
+        with_worker.stop()
+        for db in (base_db, bridge_db, worker_db):
+            db.drop()
+    ratios = {}
+    for concurrency in concurrencies:
+        base = next(r for r in rows if r["system"] == "baseline" and r["concurrency"] == concurrency)
+        ours = next(r for r in rows if r["system"] == "bridge" and r["concurrency"] == concurrency)
+        ratios[str(concurrency)] = round(ours["ok_per_s"] / base["ok_per_s"], 3) if base["ok_per_s"] else None
+    return {"rows": rows, "bridge_over_baseline": ratios, "goal": "bridge >= 0.70 x baseline throughput",
+            "met": all(r is not None and r >= 0.7 for r in ratios.values())}

@@ -1,0 +1,135 @@
+"""2. Webhook to agent: a signed Jira webhook arrives, the agent's callback is received.
+
+Reviews are submitted and their tickets created first (emulator at 0 ms). For each phase,
+tickets are moved to Approved inside the emulator, which signs the webhook Jira would send;
+the bench keeps those webhooks and posts them itself at a fixed rate (open loop), noting
+when each was sent. The callback receiver notes when each review's callback arrived. The
+emulator notes how long it spent on every request about each issue (its configured latency
+included), so the bridge's own share of a review is
+
+    (callback received - webhook sent) - upstream time on that issue before the callback
+                                       - the callback hop (median round trip of a plain POST)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    AGENT_KEY,
+    Callbacks,
+    Database,
+    Upstream,
+    bridge_settings,
+    closed_loop,
+    count_rows,
+    open_loop,
+    percentile,
+    review_body,
+    say,
+    start_bridge,
+    summary,
+    wait_until,
+)
+
+
+def _open_reviews(database_url: str, limit: int) -> list[tuple[str, str]]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from bridge.db import normalize_url
+
+    engine = create_engine(normalize_url(database_url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT id, ticket_key FROM reviews WHERE status = 'open' ORDER BY id LIMIT :n"), {"n": limit}
+            )
+            return [(r[0], r[1]) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def _approve(upstream: Upstream, reviews: list[tuple[str, str]]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Approve each review's ticket in the emulator; return the signed webhooks it made."""
+    emulator = upstream.emulator
+    with emulator.lock:
+        emulator.webhooks.captured.clear()
+        for _, ticket_key in reviews:
+            emulator._transition(emulator.issues[ticket_key], "Approved", "alice")
+        captured = list(emulator.webhooks.captured)
+        emulator.webhooks.captured.clear()
+    review_for_ticket = {ticket_key: review_id for review_id, ticket_key in reviews}
+    items = []
+    for raw, headers in captured:
+        ticket_key = json.loads(raw)["issue"]["id"]
+        items.append((review_for_ticket[ticket_key], raw.encode(), headers))
+    return items
+
+
+def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: str | None, rates: list[int],
+        latencies_ms: list[int], seconds: float, worker_concurrency: int) -> dict[str, Any]:
+    db = Database(workdir, "webhooks", server_url)
+    upstream.configure(latency_ms=0, rate_limit_per_second=0)
+    settings = bridge_settings(db.url, upstream, workdir, worker={"concurrency": worker_concurrency})
+    bridge = start_bridge(settings, workdir, worker=True, name="webhooks-bridge")
+    phases = [(latency, rate, max(1, int(rate * seconds))) for latency in latencies_ms for rate in rates]
+    needed = sum(n for _, _, n in phases)
+    rows: list[dict[str, Any]] = []
+    try:
+        bodies = [review_body(callbacks.url, n) for n in range(needed)]
+        submitted = closed_loop(bridge.url, "/v1/reviews", bodies, concurrency=16, max_seconds=600,
+                                headers={"authorization": f"Bearer {AGENT_KEY}"})
+        say(f"webhooks: submitted {len(submitted.latencies)} reviews; waiting for their tickets")
+        ready = wait_until(lambda: count_rows(db.url, "SELECT count(*) FROM reviews WHERE status = 'open'") >= needed,
+                           timeout=max(120.0, needed / 5), interval=0.5)
+        if not ready:
+            raise RuntimeError("the bridge did not open every review's ticket in time")
+        pool = _open_reviews(db.url, needed)
+        hop = callbacks.hop_seconds()
+        hop_p50 = percentile(hop, 50) or 0.0
+        for latency, rate, count in phases:
+            batch, pool = pool[:count], pool[count:]
+            items = _approve(upstream, batch)
+            upstream.configure(latency_ms=latency)
+            time.sleep(0.5)
+            since = time.monotonic()
+            sent_at, acks, statuses = open_loop(f"{bridge.url}/v1/webhooks/jira", items, rate=rate)
+            sent_seconds = time.monotonic() - since
+            ids = [review_id for review_id, _ in batch]
+            wait_until(lambda: all(i in callbacks.received for i in ids), timeout=60 + count / 10, interval=0.1)
+            spent = upstream.timing.by_issue(since)
+            end_to_end, own = [], []
+            for review_id, ticket_key in batch:
+                arrived = callbacks.received.get(review_id)
+                if arrived is None or review_id not in sent_at:
+                    continue
+                total = arrived - sent_at[review_id]
+                upstream_seconds = sum(s.finished - s.started for s in spent.get(ticket_key, []) if s.finished <= arrived)
+                end_to_end.append(total)
+                own.append(total - upstream_seconds - hop_p50)
+            row = {
+                "emulator_latency_ms": latency, "rate_per_s": rate, "webhooks": count, "sent_in_s": round(sent_seconds, 2),
+                "ack": summary(acks), "ack_statuses": {str(k): v for k, v in sorted(statuses.items())},
+                "webhook_to_callback": summary(end_to_end), "bridge_share": summary(own),
+                "callbacks_missing": count - len(end_to_end),
+            }
+            rows.append(row)
+            say(f"webhooks {latency} ms @ {rate}/s: ack p99 {row['ack']['p99_ms']} ms, to callback p99 "
+                f"{row['webhook_to_callback']['p99_ms']} ms, bridge share p99 {row['bridge_share']['p99_ms']} ms, "
+                f"missing {row['callbacks_missing']}")
+            upstream.configure(latency_ms=0)
+            time.sleep(1.0)  # let the follow-up comments of this phase drain before the next
+    finally:
+        bridge.stop()
+        upstream.configure(latency_ms=0)
+        db.drop()
+    return {
+        "rows": rows, "worker_concurrency": worker_concurrency, "callback_hop_p50_ms": round(hop_p50 * 1000, 2),
+        "goals": "ack p99 < 10 ms; bridge share p99 < 20 ms",
+        "met": bool(rows) and all((r["ack"]["p99_ms"] or 1e9) < 10 and (r["bridge_share"]["p99_ms"] or 1e9) < 20
+                                  and r["callbacks_missing"] == 0 for r in rows),
+    }

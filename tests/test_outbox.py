@@ -1,0 +1,103 @@
+"""The outbox on the configured test database (SQLite, or PostgreSQL with
+HITL_TEST_DATABASE_URL): concurrent claims, leases, release, and cross-process wake-ups."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bridge import outbox
+from bridge.db import Database, utcnow
+from bridge.migrate import upgrade
+from bridge.models import Job, Review
+from harness import Bridge, TestDatabase
+from helpers import wait_for
+from procs import Proc
+
+@pytest.fixture
+def db(tmp_path):
+    database = TestDatabase(tmp_path)
+    upgrade(database.url)
+    handle = Database(database.url)
+    yield handle
+    handle.dispose()
+    database.drop()
+
+
+def add_review(db: Database, review_id: str) -> None:
+    with db.transaction() as session:
+        session.add(Review(id=review_id, status="open", title="t", request={}, api_key_name="k", request_hash="h"))
+
+
+def test_concurrent_claims_take_each_job_once(db):
+    add_review(db, "rev_1")
+    with db.transaction() as session:
+        for n in range(120):
+            outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key=f"c:{n}")
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def drain(name: str) -> None:
+        while (job := outbox.claim(db, name, lease_seconds=60)) is not None:
+            with lock:
+                claimed.append(job.id)
+            with db.transaction() as session:
+                outbox.finish(session, job.id)
+
+    threads = [threading.Thread(target=drain, args=(f"w{n}",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(claimed) == 120 and len(set(claimed)) == 120
+
+
+def test_an_expired_lease_is_claimed_again_and_a_released_job_at_once(db):
+    add_review(db, "rev_1")
+    with db.transaction() as session:
+        outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="a")
+        outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="b")
+    first = outbox.claim(db, "dead-worker", lease_seconds=0.3)
+    second = outbox.claim(db, "leaving-worker", lease_seconds=600)
+    assert outbox.claim(db, "other", lease_seconds=60) is None
+    # A worker shutting down hands its job back: claimable now, the attempt not counted.
+    assert outbox.release(db, "leaving-worker") == 1
+    again = outbox.claim(db, "other", lease_seconds=60)
+    assert again.id == second.id and again.attempts == 1
+    time.sleep(0.4)
+    taken_over = outbox.claim(db, "other", lease_seconds=60)
+    assert taken_over.id == first.id and taken_over.attempts == 2
+
+
+@pytest.mark.skipif(not TestDatabase.postgres_configured(), reason="LISTEN/NOTIFY needs HITL_TEST_DATABASE_URL (PostgreSQL)")
+def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
+    """API and worker in separate processes, the worker polling only every 30 s: only the
+    NOTIFY sent with each job can make the decision reach the agent this fast."""
+    bridge = Bridge(tmp_path)
+    slow_poll = bridge.worker_settings.model_copy(update={"poll_interval_seconds": 30})
+    bridge.settings = bridge.settings.model_copy(update={"worker": slow_poll})
+    config = bridge.config_file()
+    api = Proc(config, tmp_path / "api.log", worker=False)
+    worker = Proc(config, tmp_path / "worker.log", kind="worker")
+    try:
+        api.start()
+        worker.start()
+        bridge._wire(api.url)
+        time.sleep(2)  # the worker has migrated, is listening and has found nothing to do
+        review = bridge.submit()
+        started = time.monotonic()
+        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        bridge.act("jira", key, "approve")
+        wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=5, interval=0.005, what="the callback")
+        elapsed = time.monotonic() - started
+        # webhook -> sync job -> read-back -> delivery job -> callback, across two processes
+        print(f"decision reached the agent {elapsed * 1000:.0f} ms after the reviewer acted")
+        assert elapsed < 1.5, f"decision took {elapsed:.3f}s to reach the agent"
+    finally:
+        api.kill()
+        worker.kill()
+        bridge.stop()
