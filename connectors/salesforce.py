@@ -28,6 +28,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.format import format_soql
 from simple_salesforce.login import SalesforceLogin, token_login
 
+from .http import PinnedSession
 from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
@@ -87,37 +88,6 @@ class SalesforceConfig(ConnectionConfig):
         if not (self.username and self.password) and not (self.consumer_key and self.consumer_secret):
             raise ValueError("set username and password, or consumer_key and consumer_secret")
         return self
-
-
-class _HttpSession(requests.Session):
-    """A requests session with our timeout and CA bundle on every call (simple-salesforce
-    passes neither), remembering each thread's last response for its Retry-After."""
-
-    def __init__(self, *, timeout: float, ca_bundle: str | None):
-        super().__init__()
-        self.verify = ca_bundle or True
-        self._timeout = timeout
-        self._local = threading.local()
-
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
-        kwargs.setdefault("timeout", self._timeout)
-        kwargs.setdefault("verify", self.verify)  # else REQUESTS_CA_BUNDLE would win
-        self._local.last = None
-        response = super().request(method, url, *args, **kwargs)
-        self._local.last = response
-        return response
-
-    def close(self) -> None:
-        """Close pooled sockets too: this urllib3's PoolManager.clear() only forgets them."""
-        for adapter in self.adapters.values():
-            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
-            for key in list(pools.keys()) if pools is not None else []:
-                pools[key].close()
-        super().close()
-
-    def last_header(self, name: str) -> str | None:
-        last = getattr(self._local, "last", None)
-        return None if last is None else last.headers.get(name)
 
 
 def _first_error(content: Any) -> tuple[str, str]:
@@ -198,15 +168,15 @@ class SalesforceConnector:
 
     def __init__(self, config: SalesforceConfig):
         self.config = config
-        self._http: _HttpSession | None = None
+        self._http: PinnedSession | None = None
         self._sf: Salesforce | None = None
         self._me: Person | None = None
         self._lock = threading.Lock()
 
     # ----- session -----------------------------------------------------------
-    def _session(self) -> _HttpSession:
+    def _session(self) -> PinnedSession:
         if self._http is None:
-            self._http = _HttpSession(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
+            self._http = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
         return self._http
 
     def _login(self) -> Salesforce:

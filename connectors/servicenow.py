@@ -24,8 +24,8 @@ import pysnow
 import requests
 from pydantic import Field, SecretStr
 from pysnow import exceptions as snow_errors
-from requests.adapters import HTTPAdapter
 
+from .http import PinnedSession
 from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
@@ -61,24 +61,6 @@ class ServiceNowConfig(ConnectionConfig):
                        description="Table used when a mapping or key names none.")
     oauth_client_id: str | None = Field(default=None, description="Application Registry client id.")
     oauth_client_secret: SecretStr | None = None
-
-
-class _PinnedSession(requests.Session):
-    """Default timeout and TLS bundle on every request, and no transport retries (the worker
-    alone retries). ``verify`` is passed per request because requests lets the
-    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE environment override a session's own ``verify``."""
-
-    def pin(self, *, timeout: float, verify: str | bool) -> "_PinnedSession":
-        self.default_timeout, self.verify = timeout, verify
-        for prefix in ("http://", "https://"):
-            self.mount(prefix, HTTPAdapter(max_retries=0))
-        return self
-
-    def request(self, method, url, **kwargs):  # type: ignore[override]
-        kwargs["timeout"] = kwargs.get("timeout") or self.default_timeout
-        if kwargs.get("verify") is None:
-            kwargs["verify"] = self.verify
-        return super().request(method, url, **kwargs)
 
 
 def translate(exc: Exception, operation: str) -> ConnectorError:
@@ -156,22 +138,21 @@ class ServiceNowConnector:
         because pysnow.OAuthClient ignores ca_bundle and timeouts."""
         if self._client is None:
             parts = urlsplit(self.config.base_url)
-            verify = self.config.ca_bundle or True
             if self.config.oauth_client_id:
-                session = self._oauth_session(verify)
+                session = self._oauth_session()
             else:
-                session = _PinnedSession().pin(timeout=self.config.timeout_seconds, verify=verify)
+                session = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
                 session.auth = (self.config.username, self.config.password.get_secret_value())
             self._session = session
             self._client = pysnow.Client(host=parts.netloc + parts.path, use_ssl=parts.scheme == "https",
                                          session=session)
         return self._client
 
-    def _oauth_session(self, verify: str | bool) -> requests.Session:
+    def _oauth_session(self) -> requests.Session:
         from oauthlib.oauth2 import LegacyApplicationClient
         from requests_oauthlib import OAuth2Session
 
-        class _PinnedOAuth(_PinnedSession, OAuth2Session):
+        class _PinnedOAuth(PinnedSession, OAuth2Session):
             pass
 
         secret = self.config.oauth_client_secret.get_secret_value() if self.config.oauth_client_secret else ""
@@ -180,12 +161,12 @@ class ServiceNowConnector:
                                auto_refresh_url=token_url,
                                auto_refresh_kwargs={"client_id": self.config.oauth_client_id, "client_secret": secret},
                                token_updater=lambda token: None)
-        session.pin(timeout=self.config.timeout_seconds, verify=verify)
+        session.pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
         try:
             session.fetch_token(token_url=token_url, username=self.config.username,
                                 password=self.config.password.get_secret_value(),
                                 client_id=self.config.oauth_client_id, client_secret=secret,
-                                include_client_id=True, verify=verify)
+                                include_client_id=True, verify=session.verify)
         except Exception:
             session.close()
             raise

@@ -26,7 +26,6 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from pydantic import Field, SecretStr, model_validator
-from requests.adapters import HTTPAdapter
 from zenpy import Zenpy
 from zenpy.lib.api import BaseApi
 from zenpy.lib.api_objects import Comment as ZenpyComment
@@ -34,6 +33,7 @@ from zenpy.lib.api_objects import Ticket as ZenpyTicket
 from zenpy.lib.api_objects import Trigger, Webhook
 from zenpy.lib.exception import APIException, ZenpyException
 
+from .http import PinnedSession
 from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
@@ -114,39 +114,6 @@ class _RateLimited(Exception):
 
     def __init__(self, retry_after: float | None):
         self.retry_after = retry_after
-
-
-class _Session(requests.Session):
-    """A session whose CA bundle wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
-
-    requests lets those variables replace ``Session.verify`` for every request that does not
-    pass ``verify`` itself (zenpy never does); the connection's ``ca_bundle`` must win.
-    Proxies from the environment still apply.
-    """
-
-    def __init__(self, *, ca_bundle: str | None):
-        super().__init__()
-        self.verify = ca_bundle or True
-        self._ca_bundle = ca_bundle
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if self._ca_bundle:
-            settings["verify"] = self._ca_bundle
-        return settings
-
-
-def _close_session(session: requests.Session) -> None:
-    """Close pooled sockets now: with urllib3 2.8 ``Session.close()`` only forgets its pools
-    and leaves their keep-alive sockets to the garbage collector (a TLS server then waits on
-    them when it shuts down)."""
-    for adapter in {id(a): a for a in session.adapters.values()}.values():
-        pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
-        for key in list(pools.keys()) if pools is not None else []:
-            pool = pools.get(key)
-            if pool is not None:
-                pool.close()
-    session.close()
 
 
 def _raise_on_429(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -259,10 +226,7 @@ class ZendeskConnector:
         """zenpy on our own session: TLS bundle, no transport retries, 429 raised not slept."""
         if self._zenpy is None:
             scheme, subdomain, domain = _split_base_url(self.config.base_url)
-            session = _Session(ca_bundle=self.config.ca_bundle)
-            adapter = HTTPAdapter(max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+            session = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
             session.hooks["response"].append(_raise_on_429)
             client = Zenpy(subdomain=subdomain, domain=domain, email=self.config.email,
                            token=self.config.api_token.get_secret_value(), session=session,
@@ -489,7 +453,7 @@ class ZendeskConnector:
 
     def close(self) -> None:
         if self._session is not None:
-            _close_session(self._session)
+            self._session.close()
         self._session = self._zenpy = None
 
     # ----- setup: webhook + trigger --------------------------------------------------

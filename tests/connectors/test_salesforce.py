@@ -12,9 +12,10 @@ from simple_salesforce.login import SalesforceLogin
 
 from connectors import config_for, connector_for
 from connectors.emulators import Act, start_emulator
-from connectors.emulators.salesforce import ORG_ID, SalesforceEmulator
+from connectors.emulators.salesforce import SalesforceEmulator
 from connectors.errors import AuthError, PermanentError, RateLimitedError, WebhookVerificationError
-from connectors.salesforce import ACK_BODY, _HttpSession
+from connectors.http import PinnedSession
+from connectors.salesforce import ACK_BODY
 from connectors.signing import hmac_sha256_hex
 from helpers import wait_for
 
@@ -48,7 +49,7 @@ def hooks(recorder, count=1):
 def library_client(org) -> Salesforce:
     """The plain library, for the API shapes the connector hides."""
     conn = org.connection("salesforce")
-    session = _HttpSession(timeout=5, ca_bundle=conn["ca_bundle"])
+    session = PinnedSession().pin(timeout=5, ca_bundle=conn["ca_bundle"])
     session_id, instance = SalesforceLogin(username=conn["username"], password=conn["password"],
                                            security_token=conn["security_token"], session=session,
                                            scratch_url=org.url)

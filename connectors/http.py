@@ -1,0 +1,63 @@
+"""The requests session every requests-based vendor client runs on.
+
+The client libraries (pysnow, zenpy, simple-salesforce) each take a ``requests.Session``;
+this one makes them behave the way the bridge needs, in one place:
+
+* the connection's timeout and CA bundle on every call. ``verify`` is passed per request
+  because requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's own
+  ``verify`` (so an enterprise's private CA bundle would silently be ignored);
+* no transport retries: the bridge's worker alone decides when to retry;
+* ``close()`` closes pooled sockets (urllib3 2.8's ``PoolManager.clear()`` only forgets
+  them, leaving keep-alive TLS sockets to the garbage collector);
+* each thread's last response is remembered, for libraries whose exceptions drop the
+  headers (Retry-After).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import requests
+from requests.adapters import HTTPAdapter
+
+
+class PinnedSession(requests.Session):
+    timeout: float = 30.0
+
+    def pin(self, *, timeout: float, ca_bundle: str | None) -> "PinnedSession":
+        """Set the timeout and bundle and drop transport retries; returns self (usable on
+        subclasses that mix in other sessions, e.g. OAuth2Session)."""
+        self.timeout = timeout
+        self.verify = ca_bundle or True
+        for prefix in ("http://", "https://"):
+            self.mount(prefix, HTTPAdapter(max_retries=0))
+        return self
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        kwargs["timeout"] = kwargs.get("timeout") or self.timeout
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.verify
+        local = self._thread_local()
+        local.last = None
+        response = super().request(method, url, *args, **kwargs)
+        local.last = response
+        return response
+
+    def last_header(self, name: str) -> str | None:
+        last = getattr(self._thread_local(), "last", None)
+        return None if last is None else last.headers.get(name)
+
+    def close(self) -> None:
+        for adapter in {id(a): a for a in self.adapters.values()}.values():
+            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            for key in list(pools.keys()) if pools is not None else []:
+                pool = pools.get(key)
+                if pool is not None:
+                    pool.close()
+        super().close()
+
+    def _thread_local(self) -> threading.local:
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = self.__dict__.setdefault("_local", threading.local())
+        return local
