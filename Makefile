@@ -17,5 +17,10 @@ sandbox: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/pytest -q
 
+# Benchmarks (a few minutes; loopback only): bench/results/<date>.json and .md. More:
+# make bench BENCH_ARGS="--full --database-url postgresql://..." (see bench/README.md).
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

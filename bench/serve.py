@@ -23,9 +23,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import insert
 
+from bridge.config import load_settings
 from bridge.db import make_engine, utcnow
+from bridge.mapping import render_ticket
 from bridge.migrate import upgrade
 from bridge.models import Review, new_id
+from bridge.runtime import Runtime
+from bridge.schemas import ReviewRequest
+from connectors.errors import ConnectorError, RateLimitedError
 
 REVIEWS = Review.__table__
 
@@ -60,12 +65,6 @@ def baseline_app(database_url: str) -> FastAPI:
 
 
 def naive_app(database_url: str, config: Path) -> FastAPI:
-    from bridge.config import load_settings
-    from bridge.mapping import render_ticket
-    from bridge.runtime import Runtime
-    from bridge.schemas import ReviewRequest
-    from connectors.errors import ConnectorError, RateLimitedError
-
     settings = load_settings(config).model_copy(update={"database_url": database_url})
     upgrade(database_url)
     rt = Runtime(settings)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from . import operations, sessions, versions
+from . import operations, sessions, stats, versions
 from .config import ApiKey, hash_api_key
 from .deps import RuntimeDep
 from .errors import BridgeError
@@ -85,8 +85,10 @@ def queue_page(request: Request, rt: RuntimeDep, notice: str | None = None, erro
     key, cookie = _session(request, rt)
     if key is None:
         return _to_login()
+    with rt.db.transaction() as session:
+        rollout = stats.route_stats(session, rt.router.routes)
     return _page("admin_queue.html", key=key, csrf=sessions.csrf_token(key, cookie), queue=operations.queue_overview(rt),
-                 mappings=versions.names(rt), notice=notice, error=error, active="queue")
+                 rollout=rollout, mappings=versions.names(rt), notice=notice, error=error, active="queue")
 
 
 @router.post("/reviews/{review_id}/retry")

@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @app.exception_handler(BridgeError)
     async def _bridge_error(request: Request, exc: BridgeError):
-        return error(exc.status_code, exc.code, exc.message, exc.details)
+        response = error(exc.status_code, exc.code, exc.message, exc.details)
+        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After on a 429
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -138,6 +140,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(admin_api.router)
     app.include_router(admin_page.router)
     app.include_router(langsmith_intake.router)
+    from .routes import stats as route_stats  # roll-out measures (issue 9)
+
+    app.include_router(route_stats.router)
     if settings.sandbox:
         from . import sandbox
 

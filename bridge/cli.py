@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Human approvals for AI agents inside your ticket tools.")
 mappings_app = typer.Typer(no_args_is_help=True, help="Validate and preview mappings.")
-keys_app = typer.Typer(no_args_is_help=True, help="Create API keys (the config stores their hashes).")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke (stored hashed; `new` prints a config entry).")
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 setup_app = typer.Typer(no_args_is_help=True, help="Configure a ticket system to send webhooks.")
 app.add_typer(mappings_app, name="mappings")
@@ -86,7 +86,6 @@ def run_worker(config: ConfigOpt = None) -> None:
     """Run the worker alone (scale out next to API-only instances)."""
     from . import logs
     from .migrate import upgrade
-    from .outbox import queue_depth  # noqa: F401  (imported for parity with serve)
     from .runtime import Runtime
     from .worker import Worker
 
@@ -335,6 +334,134 @@ def setup_zendesk(
     if secret:
         typer.echo("Put the webhook's signing secret in the connection's webhook_secrets (shown once):", err=True)
         typer.echo(secret, err=True)
+
+
+# ----- governance (issue 9): API keys in the database, audit export, retention -----------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    scope: Annotated[list[str], typer.Option("--scope", help="reviews:write, reviews:read, admin, audit")] = ["reviews:write", "reviews:read"],
+    expires_in_days: Annotated[Optional[float], typer.Option(help="Refuse the key after this many days.")] = None,
+    rate_limit: Annotated[Optional[int], typer.Option(help="Review submissions a minute (429 beyond).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Make a key stored (hashed) in the database; prints it once. Audited."""
+    from datetime import timedelta
+
+    from . import keys
+    from .db import Database, utcnow
+    from .errors import BridgeError
+
+    db = Database(_settings(config).database_url)
+    try:
+        with db.transaction() as session:
+            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+            key = keys.create(session, name, scope, actor=_operator(), expires_at=expires, rate_limit_per_minute=rate_limit)
+    except BridgeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    typer.echo(f"key (shown once): {key}")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """Keys in the database (never the keys themselves) and the config's key names."""
+    from . import keys
+    from .db import Database
+
+    settings = _settings(config)
+    db = Database(settings.database_url)
+    with db.transaction() as session:
+        rows = keys.list_keys(session)
+    db.dispose()
+    for row in rows:
+        typer.echo(json.dumps(row))
+    for key in settings.api_keys:
+        typer.echo(json.dumps({"name": key.name, "scopes": key.scopes, "state": "config"}))
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str, config: ConfigOpt = None) -> None:
+    """Revoke a key made with `keys create` (refused from the next request on). Audited."""
+    from . import keys
+    from .db import Database
+    from .errors import BridgeError
+
+    db = Database(_settings(config).database_url)
+    try:
+        with db.transaction() as session:
+            keys.revoke(session, name, actor=_operator())
+    except BridgeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    typer.echo(f"revoked: {name}")
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: stdout).")] = None,
+    after: Annotated[int, typer.Option(help="Only events after this id (incremental export).")] = 0,
+) -> None:
+    """Write the audit trail as JSON Lines (one event per line, with its hashes) for a SIEM."""
+    from sqlalchemy import select
+
+    from . import audit
+    from .db import Database
+    from .models import AuditEvent
+
+    db = Database(_settings(config).database_url)
+    stream = out.open("w") if out else sys.stdout
+    count = 0
+    try:
+        while True:
+            with db.transaction() as session:
+                batch = list(session.execute(
+                    select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id).limit(1000)).scalars())
+                rows = audit.with_content(session, batch)
+            if not rows:
+                break
+            for row in rows:
+                stream.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            count += len(rows)
+            after = rows[-1]["id"]
+    finally:
+        if out:
+            stream.close()
+        db.dispose()
+    typer.echo(f"exported {count} events", err=True)
+
+
+retention_app = typer.Typer(no_args_is_help=True, help="Purge finished reviews' content after the retention period.")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("purge")
+def retention_purge(
+    config: ConfigOpt = None,
+    older_than_days: Annotated[Optional[float], typer.Option(help="Default: the config's retention_days.")] = None,
+) -> None:
+    """Purge the content of reviews finished longer ago than the retention period (run it
+    daily, e.g. from cron); `audit verify` keeps passing."""
+    from . import retention
+    from .db import Database
+
+    settings = _settings(config)
+    days = older_than_days or settings.retention_days
+    if not days:
+        typer.echo("no retention period: set retention_days in the config or pass --older-than-days", err=True)
+        raise typer.Exit(2)
+    db = Database(settings.database_url)
+    with db.transaction() as session:
+        purged = retention.purge(session, older_than_days=days, actor=_operator())
+    db.dispose()
+    typer.echo(f"purged {len(purged)} review(s)")
 
 
 def main() -> None:  # pragma: no cover

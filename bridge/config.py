@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,8 @@ class ApiKey(BaseModel):
     name: str
     hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
     scopes: list[Scope]
+    expires_at: datetime | None = Field(default=None, description="After this the key is refused.")
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, description="Review submissions a minute (429 beyond).")
 
 
 class WorkerSettings(BaseModel):
@@ -110,6 +113,9 @@ class Settings(BaseModel):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     langgraph: list[LangGraphDeployment] = Field(default_factory=list)
     langsmith: LangSmithSettings | None = None
+    retention_days: float | None = Field(
+        default=None, gt=0, description="Finished reviews' content is purged after this many days (`hitl-bridge retention purge`)."
+    )
 
     @field_validator("connections", mode="before")
     @classmethod

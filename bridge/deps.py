@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .config import ApiKey, hash_api_key
+from . import keys
+from .config import ApiKey
 from .errors import AuthenticationError, ForbiddenError
 from .runtime import Runtime
 
@@ -26,8 +27,10 @@ def require(scope: str):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
-        key = rt.settings.key_by_hash().get(hash_api_key(token.strip()))
+        key, why = keys.lookup(rt, token.strip())  # config keys, then keys made with `hitl-bridge keys create`
         if key is None:
+            if why == "expired":
+                raise AuthenticationError("the API key has expired", code="expired_api_key")
             raise AuthenticationError("the API key is not valid", code="invalid_api_key")
         if scope not in key.scopes and "admin" not in key.scopes:
             raise ForbiddenError(
@@ -44,6 +47,19 @@ WriteKey = Annotated[ApiKey, Depends(require("reviews:write"))]
 ReadKey = Annotated[ApiKey, Depends(require("reviews:read"))]
 AdminKey = Annotated[ApiKey, Depends(require("admin"))]
 AuditKey = Annotated[ApiKey, Depends(require("audit"))]
+
+
+def require_submit(request: Request, key: WriteKey) -> ApiKey:
+    """A ``reviews:write`` key within its submission rate limit (429 with Retry-After beyond)."""
+    if key.rate_limit_per_minute:
+        limiter = getattr(request.app.state, "rate_limiter", None)
+        if limiter is None:
+            limiter = request.app.state.rate_limiter = keys.RateLimiter()
+        limiter.check(key.name, key.rate_limit_per_minute)
+    return key
+
+
+SubmitKey = Annotated[ApiKey, Depends(require_submit)]
 
 
 def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:

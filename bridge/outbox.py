@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import wait_exponential_jitter
@@ -20,6 +22,7 @@ from .models import Job
 from .wakeups import CHANNEL
 
 ACTIVE = ("pending", "running")
+_UPSERT = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def enqueue(
@@ -31,26 +34,32 @@ def enqueue(
     payload: dict | None = None,
     delay_seconds: float = 0.0,
     max_attempts: int = 12,
-) -> Job | None:
-    """Add a job unless one with the same ``dedupe_key`` exists (then None)."""
+) -> int | None:
+    """Add a job unless one with the same ``dedupe_key`` exists (then None); its id.
+
+    On SQLite and PostgreSQL one ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING``: a
+    lookup, a savepoint and an ORM flush per job were a third of intake's time (bench/)."""
     key = dedupe_key or f"{kind}:{review_id}"
-    if session.execute(select(Job.id).where(Job.dedupe_key == key)).first():
-        return None
-    job = Job(
-        review_id=review_id,
-        kind=kind,
-        dedupe_key=key,
-        payload=payload or {},
-        run_at=utcnow() + timedelta(seconds=delay_seconds),
-        max_attempts=max_attempts,
-    )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        return None
+    values = {"review_id": review_id, "kind": kind, "dedupe_key": key, "payload": payload or {},
+              "run_at": utcnow() + timedelta(seconds=delay_seconds), "max_attempts": max_attempts}
+    dialect = session.get_bind().dialect.name
+    if dialect in _UPSERT:
+        statement = _UPSERT[dialect](Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        job_id = session.execute(statement.returning(Job.id)).scalar()
+        if job_id is None:
+            return None
+    else:
+        if session.execute(select(Job.id).where(Job.dedupe_key == key)).first():
+            return None
+        job = Job(**values)
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            return None
+        job_id = job.id
     notify(session)
-    return job
+    return job_id
 
 
 def notify(session: Session) -> None:

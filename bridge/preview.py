@@ -61,6 +61,10 @@ def preview(
         review = SAMPLE_REVIEW
     shown_id = review_id or "rev_preview"
     rendered = render_ticket(mapping, shown_id, review, bridge_url=rt.settings.public_url)
+    from .redact import masked_report, redact_value  # what the worker masks before sending (issue 9)
+
+    masked = masked_report(rendered.model_dump(), mapping.redaction)
+    rendered = rendered.model_copy(update=redact_value(rendered.model_dump(), mapping.redaction))
     origin = review.origin
     origin_key = origin.ticket_id if mapping.ticket.target == "origin" and origin and origin.connection == mapping.connection else None
     connector = rt.connector(mapping.connection)
@@ -75,6 +79,7 @@ def preview(
         **rendered.model_dump(),
         "requests": requests,
         "reviewer_view": reviewer_view(vendor, rendered.fields, rendered.comment, origin_key=origin_key),
+        "masked": masked,
     }
 
 

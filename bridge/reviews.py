@@ -357,7 +357,12 @@ def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> d
             ).first():
                 outcome["duplicate"] += 1
                 continue
-            session.add(WebhookEvent(connection=connection, event_id=event.event_id, ticket_key=event.ticket_key))
+            try:  # the same event delivered twice at once: one insert wins, the other is a duplicate
+                with session.begin_nested():
+                    session.add(WebhookEvent(connection=connection, event_id=event.event_id, ticket_key=event.ticket_key))
+            except IntegrityError:
+                outcome["duplicate"] += 1
+                continue
             waiting = review.status == Status.open or (review.route_mode == "shadow" and review.shadow_decision is None)
             if not waiting:
                 outcome["ignored"] += 1

@@ -73,7 +73,14 @@ def routing_context(request: ReviewRequest) -> dict[str, Any]:
         "origin": data["origin"],
         "allowed_decisions": data["allowed_decisions"],
         "requested_by": data["requested_by"],
+        "policy": _policy(request),
     }
+
+
+def _policy(request: ReviewRequest) -> dict[str, Any]:
+    from .policy import detect  # content policy detectors (issue 9)
+
+    return detect(request)
 
 
 def sample_draw(review_id: str, route_name: str) -> float:

@@ -59,6 +59,7 @@ class Worker:
         settings = rt.settings.worker
         self.breakers = CircuitBreakers(threshold=settings.breaker_threshold, cooldown_seconds=settings.breaker_cooldown_seconds)
         self._calls = threading.local()  # the connections the current job has used
+        self._looking = threading.Lock()  # held by the one idle thread looking for a job
         self.handlers: dict[str, Callable[[Job], None]] = {
             reviews.CREATE: self.create_ticket,
             reviews.SYNC: self.sync_ticket,
@@ -109,16 +110,30 @@ class Worker:
     def _loop(self) -> None:
         interval = self.rt.settings.worker.poll_interval_seconds
         while not self._stop.is_set():
-            # Cleared before looking, not after: a wake-up that arrives while we look is
-            # kept, so the wait below returns at once instead of after the poll interval.
-            self.rt.wakeup.clear()
+            # One idle thread looks for work at a time; the others queue on ``_looking``. A
+            # wake-up then costs one claim, not one per thread (each a write transaction:
+            # with 32 threads that herd swamped webhook acks, measured in bench/). A thread
+            # that claimed a job hands the look-out on before running it.
+            with self._looking:
+                if self._stop.is_set():
+                    return
+                # Cleared before looking, not after: a wake-up that arrives while we look is
+                # kept, so the wait below returns at once instead of after the poll interval.
+                self.rt.wakeup.clear()
+                try:
+                    job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
+                except Exception:  # the loop must survive anything, e.g. a database restart
+                    log.exception("worker.loop_error")
+                    job = None
+                if job is None:
+                    self.rt.wakeup.wait(interval)
+                    continue
             try:
-                worked = self.run_once()
-            except Exception:  # the loop must survive anything, e.g. a database restart
+                with correlation(job.review_id):
+                    self._run(job)
+            except Exception:
                 log.exception("worker.loop_error")
-                worked = False
-            if not worked:
-                self.rt.wakeup.wait(interval)
+            self.rt.wakeup.set()  # the job may have queued another (a decision's delivery): look now
 
     def run_once(self) -> bool:
         job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)

@@ -256,7 +256,10 @@ class JiraConnector:
             raise WebhookVerificationError("webhook body is not a JSON object")
         stamp = check_timestamp(payload.get("timestamp"), tolerance=self.config.webhook_tolerance_seconds)
         event_id = lowered.get(DELIVERY_HEADER.lower()) or hashlib.sha256(raw_body).hexdigest()
-        return parse_webhook(payload, event_id=event_id, occurred_at=datetime.fromtimestamp(stamp, timezone.utc))
+        try:
+            return parse_webhook(payload, event_id=event_id, occurred_at=datetime.fromtimestamp(stamp, timezone.utc))
+        except (AttributeError, TypeError, ValueError) as exc:  # signed, but not the shape Jira sends
+            raise WebhookVerificationError(f"webhook body is not a Jira event: {type(exc).__name__}") from None
 
     def acknowledge(self, events: list[TicketEvent]) -> tuple[bytes, str] | None:
         return None

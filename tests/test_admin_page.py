@@ -126,6 +126,9 @@ def test_queue_shows_a_failed_review_and_retries_it(page):
     row = page.locator(f"#failed tr[data-review='{failed['id']}']")
     expect(row).to_contain_text("Specify a valid issue type")
     expect(page.locator("[data-route='jira-queue']")).to_contain_text("Still waiting")
+    stats_row = page.locator("#rollout tr[data-route-stats='jira-queue']")
+    expect(stats_row).to_contain_text("failed 1, pending 1")  # nobody decided yet: no agreement rate
+    expect(stats_row).to_contain_text("n/a")
     page.screenshot(path=str(ARTIFACTS / "admin-6-failed.png"), full_page=True)
 
     with bridge.client("admin") as client:  # the admin fixes the mapping, then retries

@@ -97,7 +97,7 @@ def test_kill_during_the_callback_delivers_again_with_the_same_webhook_id(bridge
     try:
         review = bridge.submit()
         key = bridge.wait_ticket(review["id"])["ticket"]["key"]
-        bridge.callbacks.delay = 30  # the agent has the request but has not answered yet
+        bridge.callbacks.delay = 8  # the agent has the request but has not answered yet
         bridge.act("jira", key, "approve")
         wait_for(lambda: bridge.callbacks_for(review["id"]), what="the callback to reach the agent")
         proc.kill()
@@ -120,7 +120,7 @@ def test_kill_during_the_post_back_posts_the_reply_exactly_once(bridge):
         review = bridge.submit(action_requests=[{"name": "reply", "args": {"body": draft}}],
                                origin={"connection": "jira", "ticket_id": origin["key"]})
         key = bridge.wait_ticket(review["id"])["ticket"]["key"]
-        jira.settings.write_delay_ms = 30_000  # Jira stores the reply, then holds its answer
+        jira.settings.write_delay_ms = 8_000  # Jira stores the reply, then holds its answer
         bridge.act("jira", key, "approve")
         wait_for(lambda: draft in [c["body"] for c in bridge.ticket("jira", origin["key"])["comments"]],
                  timeout=15, what="the reply to be stored on the origin ticket")

@@ -6,16 +6,18 @@ must be acknowledged) -> read-back through the REST API -> decision -> signed ca
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from contextlib import contextmanager
 
 import httpx2
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 from standardwebhooks import Webhook
 
 from connectors.emulators.salesforce import ORG_ID
 from connectors.salesforce import ACK_BODY
+from bridge.db import normalize_url
 from connectors.signing import hmac_sha256_hex
 from harness import CALLBACK_SECRET, Bridge
 from helpers import wait_for
@@ -68,8 +70,15 @@ def audit_kinds(bridge: Bridge, review_id: str) -> list[str]:
 
 
 def db_rows(bridge: Bridge, sql: str, *args) -> list[tuple]:
-    with sqlite3.connect(bridge.tmp_path / "bridge.db") as conn:
-        return conn.execute(sql, args).fetchall()
+    """Rows from the test bridge's database, SQLite or PostgreSQL (``?`` placeholders)."""
+    parts = sql.split("?")
+    named = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+    engine = create_engine(normalize_url(bridge.database_url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(named), {f"p{i}": arg for i, arg in enumerate(args)})]
+    finally:
+        engine.dispose()
 
 
 def case_deliveries(bridge: Bridge, case_id: str) -> list:

@@ -11,11 +11,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .. import reviews
-from ..deps import ReadKey, RuntimeDep, WriteKey
+from ..deps import ReadKey, RuntimeDep, SubmitKey, WriteKey
 from ..schemas import DecisionRecord, DecisionWaitOut, ErrorOut, ReviewOut, ReviewPage, ReviewRequest, Status
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
-ERRORS = {r: {"model": ErrorOut} for r in (400, 401, 403, 404, 409, 413, 422)}
+ERRORS = {r: {"model": ErrorOut} for r in (400, 401, 403, 404, 409, 413, 422, 429)}
 ReviewId = Annotated[str, Path(pattern=r"^rev_[0-9a-f]{28}$", description="The review's id.")]
 
 
@@ -23,7 +23,7 @@ ReviewId = Annotated[str, Path(pattern=r"^rev_[0-9a-f]{28}$", description="The r
 def submit_review(
     body: ReviewRequest,
     rt: RuntimeDep,
-    key: WriteKey,
+    key: SubmitKey,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ReviewOut:

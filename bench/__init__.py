@@ -1,0 +1,1 @@
+"""hitl-bridge benchmarks: ``python -m bench`` (see bench/README.md)."""
