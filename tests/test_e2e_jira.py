@@ -195,3 +195,23 @@ def test_edited_reply_is_what_the_customer_gets(bridge):
     bodies = [c["body"] for c in bridge.ticket("jira", origin["key"])["comments"]]
     assert "Hi Carol, your refund of $750 is on its way." in bodies
     assert "Refund done." not in bodies
+
+
+def test_sample_rate_sends_a_share_to_humans_and_lets_the_rest_through(tmp_path):
+    routes = """
+routes:
+  - name: refunds-canary
+    when: "'issue_refund' in action_names"
+    mapping: jira_review
+    sample: 0.5
+"""
+    canary = Bridge(tmp_path, routes=routes).start()
+    try:
+        reviews = [canary.submit(metadata={}, resume=None) for _ in range(24)]
+    finally:
+        canary.stop()
+    routed = [r for r in reviews if r["route"]["name"] == "refunds-canary"]
+    passed = [r for r in reviews if r["route"]["name"] is None]
+    assert routed and passed and len(routed) + len(passed) == 24
+    assert all(r["status"] == "queued" for r in routed)
+    assert all(r["status"] == "auto_approved" and "no route requires review" in r["route"]["reason"] for r in passed)
