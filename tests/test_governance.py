@@ -241,3 +241,10 @@ def test_sla_does_nothing_once_decided(bridge):
     bridge.wait_status(review["id"], "approved")
     time.sleep(1.5)
     assert not any("Reminder" in c or "Escalated." in c for c in comments(bridge, key))
+
+
+def test_card_numbers_are_not_found_inside_ids():
+    from bridge.redact import _cards
+
+    text = "review rev_01a2124111111111111111ab, card 4111 1111 1111 1111."
+    assert [replacement for _, _, replacement in _cards(text)] == ["[card ****1111]"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import file_schema, versions
@@ -108,13 +108,17 @@ def list_versions(name: str, rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
     return {"name": name, "items": versions.history(rt, name)}
 
 
+# The column is a 32-bit integer on PostgreSQL: a larger number is a 422, not a database error.
+VersionNumber = Annotated[int, Path(le=2_147_483_647)]
+
+
 @router.get("/{name}/versions/{number}")
-def get_version(name: str, number: int, rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
+def get_version(name: str, number: VersionNumber, rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
     return versions.get_version(rt, name, number)
 
 
 @router.post("/{name}/versions/{number}/restore")
-def restore_version(name: str, number: int, rt: RuntimeDep, key: AdminActor, response: Response, if_match: IfMatch = None) -> dict[str, Any]:
+def restore_version(name: str, number: VersionNumber, rt: RuntimeDep, key: AdminActor, response: Response, if_match: IfMatch = None) -> dict[str, Any]:
     """Make an earlier version current again (recorded as a new version)."""
     saved = versions.restore(rt, name, number, author=_author(key), if_match=if_match)
     response.headers["ETag"] = saved.etag

@@ -48,7 +48,7 @@ def audit_trail(
     key: AuditKey,
     review_id: Annotated[str | None, Query(max_length=48)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2_147_483_647)] = 0,  # ids are 32-bit on PostgreSQL
 ) -> dict[str, Any]:
     query = select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id).limit(limit)
     if review_id:
