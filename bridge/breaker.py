@@ -49,6 +49,15 @@ class CircuitBreakers:
                 operation=f"connection {connection}",
             )
 
+    def hold(self, connection: str, seconds: float) -> None:
+        """The system asked us to wait (429 with Retry-After): pause every job for it that
+        long, without counting a failure; then one trial call, as after a cool-down."""
+        with self._lock:
+            circuit = self._circuits.setdefault(connection, _Circuit())
+            circuit.failures = max(circuit.failures, self.threshold)
+            circuit.open_until = max(circuit.open_until, self.clock() + seconds)
+            circuit.trial = False
+
     def succeeded(self, connection: str) -> None:
         with self._lock:
             self._circuits.pop(connection, None)

@@ -155,8 +155,12 @@ class Worker:
             self._circuit_result(ok=True)  # the system answered: it is up
             self._failed(job, exc, retry_in=None)
         except ConnectorError as exc:
-            self._circuit_result(ok=not isinstance(exc, RetryableError))
             retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+            used = getattr(self._calls, "connections", [])
+            if retry_after and used:
+                self.breakers.hold(used[-1], retry_after)  # rate limited: it is up, but wants a pause
+            else:
+                self._circuit_result(ok=not isinstance(exc, RetryableError))
             delay = outbox.backoff_seconds(
                 job.attempts, initial=settings.backoff_initial_seconds, maximum=settings.backoff_max_seconds, retry_after=retry_after
             )

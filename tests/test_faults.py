@@ -136,3 +136,16 @@ def test_dead_jobs_are_listed_retried_and_discarded_from_the_command_line(tmp_pa
         assert verified.exit_code == 0, verified.output
     finally:
         bridge.stop()
+
+
+def test_a_rate_limit_pauses_the_connection_without_counting_a_failure():
+    clock = Clock()
+    breakers = CircuitBreakers(threshold=3, cooldown_seconds=30, clock=clock)
+    breakers.hold("jira", 2)
+    with pytest.raises(CircuitOpenError) as raised:
+        breakers.check("jira")
+    assert raised.value.retry_after <= 2  # the vendor's Retry-After, not the 30 s cool-down
+    clock.now += 2
+    breakers.check("jira")  # one trial after the pause
+    breakers.succeeded("jira")
+    assert breakers.state("jira") == "closed"
