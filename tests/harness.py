@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +250,27 @@ class Bridge:
 
     def ticket(self, vendor: str, key: str) -> dict[str, Any]:
         return next(t for t in self.tickets(vendor) if t["key"] == key)
+
+    def verified_callback(self, review_id: str) -> dict[str, Any]:
+        """The agent's first callback for the review, its Standard Webhooks signature checked."""
+        from standardwebhooks import Webhook
+
+        hit = wait_for(lambda: self.callbacks_for(review_id), what="agent callback")[0]
+        payload = Webhook(CALLBACK_SECRET).verify(hit.body, hit.headers)
+        assert hit.headers["webhook-id"] == f"msg_{review_id}"
+        return payload
+
+    def audit_kinds(self, review_id: str) -> list[str]:
+        with self.client("admin") as client:
+            response = client.get("/v1/audit", params={"review_id": review_id})
+        assert response.status_code == 200, response.text
+        return [e["kind"] for e in response.json()["items"]]
+
+    def comments(self, vendor: str, key: str, *, public: bool | None = None) -> list[str]:
+        return [c["body"] for c in self.ticket(vendor, key)["comments"] if public is None or c["public"] == public]
+
+    def wait_comment(self, vendor: str, key: str, text: str) -> None:
+        wait_for(lambda: any(text in body for body in self.comments(vendor, key)), what=f"comment containing {text!r}")
 
     def callbacks_for(self, review_id: str) -> list:
         import json

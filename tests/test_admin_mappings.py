@@ -4,14 +4,12 @@ can be restored; saves reload without a restart; reviews already open are not af
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
 
 from bridge import file_schema
 from harness import ROOT, Bridge
-from helpers import wait_for
 
 
 @pytest.fixture

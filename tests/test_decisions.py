@@ -45,19 +45,15 @@ def bridge(tmp_path_factory):
     b.stop()
 
 
-def comments(bridge, key):
-    return [c["body"] for c in bridge.ticket("jira", key)["comments"]]
 
 
-def wait_comment(bridge, key, text):
-    return wait_for(lambda: any(text in body for body in comments(bridge, key)), what=f"comment containing {text!r}")
 
 
 def test_unlisted_reviewer_is_refused_on_the_ticket_and_the_review_stays_open(bridge):
     review = bridge.submit(metadata={"queue": "strict"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")
-    wait_comment(bridge, key, "alice@example.com is not allowed to decide")
+    bridge.wait_comment("jira", key, "alice@example.com is not allowed to decide")
     assert bridge.review(review["id"])["status"] == "open"
     bridge.act("jira", key, "comment", "Moving back for Bob", user="alice")
     bridge.act("jira", key, "reject", "Not with this evidence.", user="bob")
@@ -69,7 +65,7 @@ def test_requester_cannot_approve_their_own_review(bridge):
     review = bridge.submit(requested_by="alice@example.com")
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")
-    wait_comment(bridge, key, "four-eyes")
+    bridge.wait_comment("jira", key, "four-eyes")
     assert bridge.review(review["id"])["status"] == "open"
     assert not bridge.callbacks_for(review["id"])
 
@@ -78,7 +74,7 @@ def test_edit_that_is_not_allowed_is_refused(bridge):
     review = bridge.submit(allowed_decisions=["approve", "reject"])
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 1}')
-    wait_comment(bridge, key, "'edit' is not allowed for 'issue_refund'; allowed: approve, reject")
+    bridge.wait_comment("jira", key, "'edit' is not allowed for 'issue_refund'; allowed: approve, reject")
     assert bridge.review(review["id"])["status"] == "open"
 
 
@@ -88,10 +84,10 @@ def test_edit_must_fit_the_tools_schema_and_keep_its_name(bridge):
     review = bridge.submit(action_requests=[{"name": "issue_refund", "args": {"order_id": "A-100", "amount": 750}, "args_schema": schema}])
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 5000}')
-    wait_comment(bridge, key, "do not fit 'issue_refund': amount: 5000 is greater than the maximum of 1000")
+    bridge.wait_comment("jira", key, "do not fit 'issue_refund': amount: 5000 is greater than the maximum of 1000")
     bridge.act("jira", key, "comment", "trying again", user="bob")
     bridge.act("jira", key, "edit", '{"name": "delete_account", "args": {}}', user="bob")
-    wait_comment(bridge, key, "may not change the tool name")
+    bridge.wait_comment("jira", key, "may not change the tool name")
     bridge.act("jira", key, "edit", '{"order_id": "A-100", "amount": 400}', user="bob")
     decided = bridge.wait_status(review["id"], "edited")
     assert decided["decision"]["decisions"][0]["edited_action"] == {"name": "issue_refund", "args": {"order_id": "A-100", "amount": 400}}
@@ -122,7 +118,7 @@ def test_sla_expiry_applies_on_expire_once(bridge):
     expired = bridge.wait_status(review["id"], "expired")
     assert expired["decision"]["source"] == "expiry"
     assert expired["decision"]["decisions"] == [{"type": "reject", "edited_action": None, "message": "Nobody decided in time."}]
-    wait_comment(bridge, key, "Nobody decided in time.")
+    bridge.wait_comment("jira", key, "Nobody decided in time.")
     wait_for(lambda: len(bridge.callbacks_for(review["id"])) == 1, what="one callback")
     bridge.act("jira", key, "approve", user="bob")
     import time

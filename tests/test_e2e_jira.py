@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from standardwebhooks import Webhook
 
-from harness import CALLBACK_SECRET, Bridge
+from harness import Bridge
 from helpers import wait_for
 
 
@@ -19,11 +18,6 @@ def bridge(tmp_path):
     b.stop()
 
 
-def verified_callback(bridge: Bridge, review_id: str) -> dict:
-    hit = wait_for(lambda: bridge.callbacks_for(review_id), what="agent callback")[0]
-    payload = Webhook(CALLBACK_SECRET).verify(hit.body, hit.headers)
-    assert hit.headers["webhook-id"] == f"msg_{review_id}"
-    return payload
 
 
 def test_approve_reaches_the_agent_with_a_signed_callback(bridge):
@@ -45,7 +39,7 @@ def test_approve_reaches_the_agent_with_a_signed_callback(bridge):
     decided = bridge.wait_status(review["id"], "approved")
     assert decided["decision"]["decisions"] == [{"type": "approve", "edited_action": None, "message": None}]
     assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "approve"}]
     assert payload["status"] == "approved"
     delivered = bridge.wait_review(review["id"], lambda r: r["delivery"]["state"] == "delivered")
@@ -59,7 +53,7 @@ def test_edit_sends_the_edited_arguments(bridge):
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "edit", json.dumps({"order_id": "A-100", "amount": 500}))
     decided = bridge.wait_status(review["id"], "edited")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "edit", "edited_action": {"name": "issue_refund", "args": {"order_id": "A-100", "amount": 500}}}]
     assert decided["decision"]["decisions"][0]["edited_action"]["args"]["amount"] == 500
 
@@ -69,7 +63,7 @@ def test_reject_carries_the_reviewers_message(bridge):
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "reject", "Order was already refunded last week.")
     bridge.wait_status(review["id"], "rejected")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "reject", "message": "Order was already refunded last week."}]
 
 
@@ -78,7 +72,7 @@ def test_respond_answers_the_agent(bridge):
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "respond", "Ask the customer for a photo of the label first.")
     bridge.wait_status(review["id"], "responded")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "respond", "message": "Ask the customer for a photo of the label first."}]
 
 
@@ -103,7 +97,7 @@ def test_shadow_route_does_not_hold_the_agent_but_records_the_human(bridge):
     review = bridge.submit(metadata={"queue": "shadow"})
     assert review["status"] == "auto_approved"
     assert review["route"]["mode"] == "shadow"
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "approve"}]
     ticket = bridge.wait_review(review["id"], lambda r: r["ticket"] is not None, what="shadow ticket")["ticket"]
     bridge.act("jira", ticket["key"], "reject", "I would not have refunded this.")
@@ -119,7 +113,7 @@ def test_no_matching_route_auto_approves_and_says_why(bridge):
     assert review["ticket"] is None
     assert review["decision"]["source"] == "route"
     assert "no route requires review" in review["route"]["reason"]
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "approve"}]
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
     assert not [t for t in bridge.tickets("jira") if t["display"].startswith("HITL")]
 
 

@@ -13,13 +13,12 @@ import httpx2
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from standardwebhooks import Webhook
 
 from connectors.emulators.salesforce import ORG_ID
 from connectors.salesforce import ACK_BODY
 from bridge.db import normalize_url
 from connectors.signing import hmac_sha256_hex
-from harness import CALLBACK_SECRET, Bridge
+from harness import Bridge
 from helpers import wait_for
 
 ROUTES = """
@@ -55,18 +54,8 @@ def open_case(bridge: Bridge, **overrides) -> tuple[dict, str]:
     return review, opened["ticket"]["key"]
 
 
-def verified_callback(bridge: Bridge, review_id: str) -> dict:
-    hit = wait_for(lambda: bridge.callbacks_for(review_id), what="agent callback")[0]
-    payload = Webhook(CALLBACK_SECRET).verify(hit.body, hit.headers)
-    assert hit.headers["webhook-id"] == f"msg_{review_id}"
-    return payload
 
 
-def audit_kinds(bridge: Bridge, review_id: str) -> list[str]:
-    with bridge.client("admin") as client:
-        response = client.get("/v1/audit", params={"review_id": review_id})
-    assert response.status_code == 200, response.text
-    return [e["kind"] for e in response.json()["items"]]
 
 
 def db_rows(bridge: Bridge, sql: str, *args) -> list[tuple]:
@@ -194,7 +183,7 @@ def test_approve_reaches_the_agent_with_the_reviewer(bridge):
     assert decided["decision"]["decisions"] == [{"type": "approve", "edited_action": None, "message": None}]
     reviewer = decided["decision"]["reviewer"]
     assert reviewer == {"id": emulator(bridge).user_id("alice"), "name": "Alice Reviewer", "email": "alice@example.com"}
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "approve"}]
     assert payload["status"] == "approved"
     assert payload["decision"]["reviewer"]["email"] == "alice@example.com"
@@ -210,7 +199,7 @@ def test_edit_through_a_private_edit_comment(bridge):
     decided = bridge.wait_status(review["id"], "edited")
     assert decided["decision"]["reviewer"]["name"] == "Bob Approver"
     assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [
         {"type": "edit", "edited_action": {"name": "issue_refund", "args": {"order_id": "A-100", "amount": 500}}}
     ]
@@ -221,7 +210,7 @@ def test_reject_carries_the_reviewers_private_comment(bridge):
     bridge.act("salesforce", key, "reject", "Order was already refunded last week.")
     decided = bridge.wait_status(review["id"], "rejected")
     assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "reject", "message": "Order was already refunded last week."}]
 
 
@@ -239,7 +228,7 @@ def test_flow_callouts_are_signed_and_resends_give_one_decision(bridge):
         again = httpx2.post(delivery.url, content=delivery.body.encode(), headers=delivery.headers, timeout=10)
         assert again.status_code == 202 and again.json()["duplicate"] == 1, again.text
     wait_for(lambda: bridge.review(review["id"])["delivery"]["state"] == "delivered", what="delivery")
-    assert audit_kinds(bridge, review["id"]).count("review.decided") == 1
+    assert bridge.audit_kinds(review["id"]).count("review.decided") == 1
     assert len(bridge.callbacks_for(review["id"])) == 1
 
 
@@ -248,7 +237,7 @@ def test_flow_callout_with_a_bad_signature_is_refused_and_changes_nothing(bridge
     settle(bridge, review["id"], key)
     with silent(bridge):  # the Case is approved, but nobody tells the bridge yet
         bridge.act("salesforce", key, "approve")
-    before = audit_kinds(bridge, review["id"])
+    before = bridge.audit_kinds(review["id"])
 
     forged = flow_callout(bridge, key, event_id="forged-1", secret="not-the-connection-secret")
     assert forged.status_code == 401, forged.text
@@ -263,7 +252,7 @@ def test_flow_callout_with_a_bad_signature_is_refused_and_changes_nothing(bridge
 
     time.sleep(0.5)
     assert bridge.review(review["id"])["status"] == "open"
-    assert audit_kinds(bridge, review["id"]) == before
+    assert bridge.audit_kinds(review["id"]) == before
     assert not db_rows(bridge, "SELECT id FROM webhook_events WHERE event_id LIKE 'flow:forged-%'")
     assert not bridge.callbacks_for(review["id"])
 
@@ -271,7 +260,7 @@ def test_flow_callout_with_a_bad_signature_is_refused_and_changes_nothing(bridge
     genuine = flow_callout(bridge, key, event_id="genuine-1")
     assert genuine.status_code == 202 and genuine.json()["accepted"] == 1, genuine.text
     bridge.wait_status(review["id"], "approved")
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "approve"}]
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
 
 
 def test_outbound_messages_are_acknowledged_and_resends_give_one_decision(bridge):
@@ -284,7 +273,7 @@ def test_outbound_messages_are_acknowledged_and_resends_give_one_decision(bridge
         bridge.act("salesforce", key, "approve", "Fine by me.")
         decided = bridge.wait_status(review["id"], "approved")
         assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-        assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "approve"}]
+        assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
 
         messages = wait_for(lambda: (found := case_deliveries(bridge, key)) and all(d.status for d in found) and found,
                             what="outbound messages delivered")
@@ -305,7 +294,7 @@ def test_outbound_messages_are_acknowledged_and_resends_give_one_decision(bridge
             assert again.headers["content-type"].startswith("text/xml")
             assert again.content == ACK_BODY
         wait_for(lambda: bridge.review(review["id"])["delivery"]["state"] == "delivered", what="delivery")
-        assert audit_kinds(bridge, review["id"]).count("review.decided") == 1
+        assert bridge.audit_kinds(review["id"]).count("review.decided") == 1
         assert len(bridge.callbacks_for(review["id"])) == 1
 
         # An Outbound Message from another org is refused (they are unsigned: the org id is the check).
@@ -332,7 +321,7 @@ def test_hostile_xml_is_refused_with_a_clear_error_and_nothing_happens(bridge):
     settle(bridge, review["id"], key)
     with silent(bridge):  # if anything made the bridge read the Case back, it would decide
         bridge.act("salesforce", key, "approve")
-    before = audit_kinds(bridge, review["id"])
+    before = bridge.audit_kinds(review["id"])
 
     for n, (name, (doctype, words)) in enumerate(HOSTILE.items()):
         body = outbound_message(key, note_id=f"04l5g00000HOST{n}AAA", doctype=doctype)
@@ -351,7 +340,7 @@ def test_hostile_xml_is_refused_with_a_clear_error_and_nothing_happens(bridge):
 
     time.sleep(0.5)
     assert bridge.review(review["id"])["status"] == "open"
-    assert audit_kinds(bridge, review["id"]) == before
+    assert bridge.audit_kinds(review["id"]) == before
     assert not db_rows(bridge, "SELECT id FROM webhook_events WHERE event_id LIKE 'om:04l5g00000HOST%'")
     assert not bridge.callbacks_for(review["id"])
     with bridge.client() as client:
@@ -373,14 +362,14 @@ def test_an_expired_session_is_refreshed_transparently(bridge):
     bridge.act("salesforce", key, "reject", "Not with this evidence.")
     decided = bridge.wait_status(review["id"], "rejected")
     assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "reject", "message": "Not with this evidence."}]
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "reject", "message": "Not with this evidence."}]
     with emu.lock:
         assert emu.sessions and not set(emu.sessions) & old_sessions  # logged in again
     # No job had to be retried: the connector logged in again inside the same call.
     failed = db_rows(bridge, "SELECT kind, last_error FROM jobs WHERE review_id = ? AND (attempts > 1 OR last_error IS NOT NULL)",
                      review["id"])
     assert failed == []
-    assert "job.dead" not in audit_kinds(bridge, review["id"])
+    assert "job.dead" not in bridge.audit_kinds(review["id"])
 
 
 # ----- the reply on the customer's Case ------------------------------------------------------
@@ -427,4 +416,4 @@ def test_reply_is_posted_once_as_a_public_case_comment_on_the_origin_case(bridge
             assert again.status_code == 202 and again.json()["accepted"] == 0, again.text
     jobs_done(bridge, review["id"])
     assert len(replies()) == 1
-    assert audit_kinds(bridge, review["id"]).count("reply.posted") == 1
+    assert bridge.audit_kinds(review["id"]).count("reply.posted") == 1

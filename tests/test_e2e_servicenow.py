@@ -12,10 +12,9 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from standardwebhooks import Webhook
 
 from connectors.signing import hmac_sha256_b64
-from harness import CALLBACK_SECRET, Bridge
+from harness import Bridge
 from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,18 +71,8 @@ def submit(bridge: Bridge, queue: str = "servicenow", **overrides) -> dict:
     return bridge.submit(metadata={"queue": queue, "customer_tier": "gold"}, **overrides)
 
 
-def verified_callback(bridge: Bridge, review_id: str) -> dict:
-    hit = wait_for(lambda: bridge.callbacks_for(review_id), what="agent callback")[0]
-    payload = Webhook(CALLBACK_SECRET).verify(hit.body, hit.headers)
-    assert hit.headers["webhook-id"] == f"msg_{review_id}"
-    return payload
 
 
-def audit_kinds(bridge: Bridge, review_id: str) -> list[str]:
-    with bridge.client("admin") as client:
-        response = client.get("/v1/audit", params={"review_id": review_id})
-    assert response.status_code == 200, response.text
-    return [e["kind"] for e in response.json()["items"]]
 
 
 def records_for(bridge: Bridge, review_id: str) -> list[dict]:
@@ -130,7 +119,7 @@ def test_approve_by_approval_field_reaches_the_agent_with_the_reviewer(bridge):
     assert decided["decision"]["decisions"] == [{"type": "approve", "edited_action": None, "message": None}]
     assert decided["decision"]["reviewer"] == {"id": "bob", "name": "Bob Approver", "email": "bob@example.com"}
     assert decided["decision"]["ticket"]["key"] == record["key"]
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "approve"}] and payload["status"] == "approved"
     assert payload["decision"]["reviewer"]["email"] == "bob@example.com"
     delivered = bridge.wait_review(review["id"], lambda r: r["delivery"]["state"] == "delivered", what="delivery")
@@ -157,7 +146,7 @@ def test_approve_by_state_on_an_incident(bridge):
     bridge.act("servicenow", key, "set_field", field="state", value="6", user="alice")
     decided = bridge.wait_status(review["id"], "approved")
     assert decided["decision"]["reviewer"] == {"id": "alice", "name": "Alice Reviewer", "email": "alice@example.com"}
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "approve"}]
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
 
 
 def test_reject_carries_the_newest_work_note(bridge):
@@ -167,7 +156,7 @@ def test_reject_carries_the_newest_work_note(bridge):
     bridge.act("servicenow", key, "customer_reply", "Any news on my refund?")  # customer-visible: not the message
     bridge.act("servicenow", key, "reject", "Order was already refunded last week.", user="alice")
     decided = bridge.wait_status(review["id"], "rejected")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "reject", "message": "Order was already refunded last week."}]
     assert decided["decision"]["reviewer"]["name"] == "Alice Reviewer"
 
@@ -177,7 +166,7 @@ def test_respond_answers_the_agent(bridge):
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("servicenow", key, "respond", "Ask the customer for a photo of the label first.")
     bridge.wait_status(review["id"], "responded")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "respond", "message": "Ask the customer for a photo of the label first."}]
 
 
@@ -188,7 +177,7 @@ def test_edit_via_work_note_sends_the_edited_arguments(bridge):
     note = bridge.ticket("servicenow", key)["comments"][-1]
     assert note["body"].startswith("/edit ") and not note["public"]
     decided = bridge.wait_status(review["id"], "edited")
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "edit", "edited_action": {"name": "issue_refund", "args": {"order_id": "A-100", "amount": 500}}}]
     assert decided["decision"]["decisions"][0]["edited_action"]["args"]["amount"] == 500
 
@@ -231,7 +220,7 @@ def test_approved_reply_goes_into_the_origin_incidents_comments_once_then_resolv
     assert after["status"] == "Resolved" and after["fields"]["state"] == "6"
     # The review record itself got no customer-visible text.
     assert not [c for c in bridge.ticket("servicenow", key)["comments"] if c["public"]]
-    assert audit_kinds(bridge, review["id"]).count("reply.posted") == 1
+    assert bridge.audit_kinds(review["id"]).count("reply.posted") == 1
 
 
 def test_edited_reply_is_what_the_customer_gets(bridge):
@@ -261,7 +250,7 @@ def test_duplicate_notifications_give_one_decision(bridge):
     for delivery in hooks:
         again = httpx2.post(delivery.url, content=delivery.body.encode(), headers=delivery.headers)
         assert again.status_code == 202 and again.json()["duplicate"] == 1
-    assert audit_kinds(bridge, review["id"]).count("review.decided") == 1
+    assert bridge.audit_kinds(review["id"]).count("review.decided") == 1
     wait_for(lambda: bridge.review(review["id"])["delivery"]["state"] == "delivered", what="delivery")
     time.sleep(0.3)
     assert len(bridge.callbacks_for(review["id"])) == 1
@@ -273,7 +262,7 @@ def test_forged_notifications_are_refused_and_change_nothing(bridge):
     url = f"{bridge.url}/v1/webhooks/servicenow"
     secret = emulator(bridge).settings.webhook_secret
     time.sleep(0.3)  # let the opening work note's notification settle
-    before = audit_kinds(bridge, review["id"])
+    before = bridge.audit_kinds(review["id"])
 
     wrong_key, headers = notification(bridge, key, secret="not-the-secret")
     stale, stale_headers = notification(bridge, key, secret=secret, timestamp=int(time.time()) - 3600)
@@ -285,7 +274,7 @@ def test_forged_notifications_are_refused_and_change_nothing(bridge):
         assert response.status_code == 401, response.text
         assert response.json()["error"]["code"] == "invalid_webhook"
     assert bridge.review(review["id"])["status"] == "open"
-    assert audit_kinds(bridge, review["id"]) == before
+    assert bridge.audit_kinds(review["id"]) == before
 
     # A genuine notification that claims a decision only makes the bridge look: the record
     # still says "requested", so nothing is decided.
@@ -294,7 +283,7 @@ def test_forged_notifications_are_refused_and_change_nothing(bridge):
     time.sleep(0.5)
     assert bridge.review(review["id"])["status"] == "open"
     assert not bridge.callbacks_for(review["id"])
-    assert audit_kinds(bridge, review["id"]) == before
+    assert bridge.audit_kinds(review["id"]) == before
 
 
 # ----- faults ------------------------------------------------------------------------------
@@ -312,7 +301,7 @@ def test_rate_limit_burst_on_create_is_retried_without_a_duplicate_record(bridge
     finally:
         snow.settings.faults = []
     assert len(records_for(bridge, review["id"])) == 1
-    kinds = audit_kinds(bridge, review["id"])
+    kinds = bridge.audit_kinds(review["id"])
     assert kinds.count("ticket.created") == 1
     bridge.act("servicenow", opened["ticket"]["key"], "approve")
     bridge.wait_status(review["id"], "approved")

@@ -17,12 +17,11 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from standardwebhooks import Webhook
 from typer.testing import CliRunner
 
 from connectors.emulators.zendesk import DECISION_FIELD_ID, EDITED_REPLY_FIELD_ID, USERS
 from connectors.signing import hmac_sha256_b64
-from harness import CALLBACK_SECRET, Bridge
+from harness import Bridge
 from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,15 +95,8 @@ def submit_reply(bridge: Bridge, origin: str, draft: str, *, queue: str = "zende
     )
 
 
-def comments(bridge: Bridge, key: str, *, public: bool | None = None) -> list[str]:
-    return [c["body"] for c in bridge.ticket("zendesk", key)["comments"] if public is None or c["public"] == public]
 
 
-def verified_callback(bridge: Bridge, review_id: str) -> dict:
-    hit = wait_for(lambda: bridge.callbacks_for(review_id), what="agent callback")[0]
-    payload = Webhook(CALLBACK_SECRET).verify(hit.body, hit.headers)
-    assert hit.headers["webhook-id"] == f"msg_{review_id}"
-    return payload
 
 
 def posted(bridge: Bridge, review_id: str, **kw) -> dict:
@@ -120,9 +112,6 @@ def wait_clean(bridge: Bridge, key: str) -> dict:
     return wait_for(clean, what="decision tags removed")
 
 
-def audit_kinds(bridge: Bridge, review_id: str) -> list[str]:
-    with bridge.client("admin") as client:
-        return [e["kind"] for e in client.get("/v1/audit", params={"review_id": review_id}).json()["items"]]
 
 
 def hook_body(bridge: Bridge, key: str) -> str:
@@ -164,18 +153,18 @@ def test_same_ticket_approve_posts_the_draft_publicly_once_with_the_mappings_sta
     assert ticket["title"] == "Refund for damaged blender"  # the customer's subject is kept
     note = next(c for c in ticket["comments"] if "AI draft waiting for your review" in c["body"])
     assert note["public"] is False and draft in note["body"] and review["id"] in note["body"]
-    assert comments(bridge, origin, public=True) == [ticket["description"]]  # the customer sees nothing yet
+    assert bridge.comments("zendesk", origin, public=True) == [ticket["description"]]  # the customer sees nothing yet
 
     bridge.act("zendesk", origin, "approve", "Checked the order, fine.")
     decided = bridge.wait_status(review["id"], "approved")
     assert decided["decision"]["decisions"] == [{"type": "approve", "edited_action": None, "message": None}]
     assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-    payload = verified_callback(bridge, review["id"])
+    payload = bridge.verified_callback(review["id"])
     assert payload["decisions"] == [{"type": "approve"}] and payload["status"] == "approved"
     assert posted(bridge, review["id"])["postback"]["attempts"] == 1
     fields = wait_clean(bridge, origin)
     assert fields["status"] == "pending"
-    assert comments(bridge, origin, public=True).count(draft) == 1
+    assert bridge.comments("zendesk", origin, public=True).count(draft) == 1
     bridge_author = USERS["bridge"][1]
     reply = next(c for c in bridge.ticket("zendesk", origin)["comments"] if c["body"] == draft)
     assert reply["author"] == bridge_author and reply["public"] is True
@@ -190,11 +179,11 @@ def test_same_ticket_edit_via_the_ai_edited_reply_field(bridge):
     bridge.act("zendesk", origin, "approve")
     decided = bridge.wait_status(review["id"], "edited")
     assert decided["decision"]["decisions"][0]["edited_action"] == {"name": "reply", "args": {"body": edited}}
-    assert verified_callback(bridge, review["id"])["decisions"] == [
+    assert bridge.verified_callback(review["id"])["decisions"] == [
         {"type": "edit", "edited_action": {"name": "reply", "args": {"body": edited}}}]
     posted(bridge, review["id"])
     wait_clean(bridge, origin)
-    public = comments(bridge, origin, public=True)
+    public = bridge.comments("zendesk", origin, public=True)
     assert public.count(edited) == 1 and "Refund done." not in public
 
 
@@ -206,13 +195,13 @@ def test_same_ticket_reject_leaves_the_customer_untouched(bridge):
     bridge.act("zendesk", origin, "reject", "Order was already refunded last week.")
     decided = bridge.wait_status(review["id"], "rejected")
     assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "reject", "message": "Order was already refunded last week."}]
-    wait_for(lambda: any("draft was rejected" in b for b in comments(bridge, origin, public=False)), what="internal rejection note")
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "reject", "message": "Order was already refunded last week."}]
+    wait_for(lambda: any("draft was rejected" in b for b in bridge.comments("zendesk", origin, public=False)), what="internal rejection note")
     after = bridge.ticket("zendesk", origin)
     assert decided["postback"]["state"] == "not_needed"
-    assert comments(bridge, origin, public=True) == [c["body"] for c in before["comments"] if c["public"]]
+    assert bridge.comments("zendesk", origin, public=True) == [c["body"] for c in before["comments"] if c["public"]]
     assert after["status"] == before["status"] == "new"
-    assert "Order was already refunded last week." in comments(bridge, origin, public=False)
+    assert "Order was already refunded last week." in bridge.comments("zendesk", origin, public=False)
     wait_clean(bridge, origin)
 
 
@@ -220,13 +209,13 @@ def test_same_ticket_respond_answers_the_agent_only(bridge):
     origin = customer_ticket(bridge)
     review = submit_reply(bridge, origin, "Hi Carol, refund approved!")
     bridge.wait_ticket(review["id"])
-    public_before = comments(bridge, origin, public=True)
+    public_before = bridge.comments("zendesk", origin, public=True)
     bridge.act("zendesk", origin, "respond", "Ask the customer for a photo of the label first.")
     bridge.wait_status(review["id"], "responded")
-    assert verified_callback(bridge, review["id"])["decisions"] == [
+    assert bridge.verified_callback(review["id"])["decisions"] == [
         {"type": "respond", "message": "Ask the customer for a photo of the label first."}]
     wait_clean(bridge, origin)
-    assert comments(bridge, origin, public=True) == public_before
+    assert bridge.comments("zendesk", origin, public=True) == public_before
     assert bridge.review(review["id"])["postback"]["state"] == "not_needed"
 
 
@@ -266,7 +255,7 @@ def test_a_second_review_on_the_same_ticket_starts_clean(bridge):
     assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
     posted(bridge, second["id"])
     wait_clean(bridge, origin)
-    public = comments(bridge, origin, public=True)
+    public = bridge.comments("zendesk", origin, public=True)
     assert public[1:] == [first_text, "Thanks! Can you also refund the shipping?", second_text]
     assert bridge.ticket("zendesk", origin)["status"] == "pending"
     assert len(bridge.callbacks_for(first["id"])) == 1
@@ -299,8 +288,8 @@ def test_reply_is_posted_once_when_the_webhook_arrives_three_times(bridge):
     assert again.status_code == 202 and again.json()["duplicate"] == 1
     wait_clean(bridge, origin)
     wait_for(lambda: bridge.review(review["id"])["delivery"]["state"] == "delivered", what="delivery")
-    assert comments(bridge, origin, public=True).count(draft) == 1
-    kinds = audit_kinds(bridge, review["id"])
+    assert bridge.comments("zendesk", origin, public=True).count(draft) == 1
+    kinds = bridge.audit_kinds(review["id"])
     assert kinds.count("review.decided") == 1 and kinds.count("reply.posted") == 1
     assert len(bridge.callbacks_for(review["id"])) == 1
 
@@ -309,13 +298,13 @@ def test_bad_signature_stale_timestamp_and_unknown_ticket_are_refused_and_change
     origin = customer_ticket(bridge)
     review = submit_reply(bridge, origin, "Hi Carol, refund approved.")
     bridge.wait_ticket(review["id"])
-    wait_for(lambda: "ticket.created" in audit_kinds(bridge, review["id"]), what="ticket created")
+    wait_for(lambda: "ticket.created" in bridge.audit_kinds(review["id"]), what="ticket created")
     time.sleep(0.3)  # let the bridge's own update's webhooks settle
     with quiet_webhooks(bridge):  # the reviewer approves; the webhook is lost
         bridge.act("zendesk", origin, "approve")
     body = hook_body(bridge, origin)
     ticket_before = bridge.ticket("zendesk", origin)
-    kinds_before = audit_kinds(bridge, review["id"])
+    kinds_before = bridge.audit_kinds(review["id"])
     zd = emulator(bridge)
 
     forged = zd.signed_headers(body)
@@ -334,7 +323,7 @@ def test_bad_signature_stale_timestamp_and_unknown_ticket_are_refused_and_change
 
     time.sleep(0.5)
     assert bridge.review(review["id"])["status"] == "open"  # the bridge did not even look
-    assert audit_kinds(bridge, review["id"]) == kinds_before
+    assert bridge.audit_kinds(review["id"]) == kinds_before
     assert bridge.ticket("zendesk", origin) == ticket_before
     assert not bridge.callbacks_for(review["id"])
 
@@ -367,7 +356,7 @@ def test_separate_review_ticket_with_an_html_note_and_the_dropdown(bridge):
                      '<a href="https://smith.langchain.com/r/9d3f1a52">', '<a href="https://shop.example/orders/A-100">'):
         assert expected in html, expected
     assert not [c for c in bridge.ticket("zendesk", key)["comments"] if c["public"]]
-    assert len(comments(bridge, origin)) == 1  # the customer's ticket is not touched while under review
+    assert len(bridge.comments("zendesk", origin)) == 1  # the customer's ticket is not touched while under review
 
     bridge.act("zendesk", key, "comment", "Looks right.")
     bridge.act("zendesk", key, "set_field", field=DECISION, value="ai_decision_approve", user="bob")
@@ -375,7 +364,7 @@ def test_separate_review_ticket_with_an_html_note_and_the_dropdown(bridge):
     assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
     assert decided["decision"]["ticket"]["key"] == key
     posted(bridge, review["id"])
-    assert comments(bridge, origin, public=True).count(draft) == 1
+    assert bridge.comments("zendesk", origin, public=True).count(draft) == 1
     wait_for(lambda: bridge.ticket("zendesk", origin)["status"] == "pending", what="origin pending")
     wait_for(lambda: bridge.ticket("zendesk", key)["status"] == "solved", what="review ticket solved")
 
@@ -390,7 +379,7 @@ def test_separate_review_ticket_edit_via_an_edit_note(bridge):
     decided = bridge.wait_status(review["id"], "edited")
     assert decided["decision"]["decisions"][0]["edited_action"] == {"name": "reply", "args": {"body": edited}}
     posted(bridge, review["id"])
-    public = comments(bridge, origin, public=True)
+    public = bridge.comments("zendesk", origin, public=True)
     assert public.count(edited) == 1 and "Refund done." not in public
 
 
@@ -402,7 +391,7 @@ def test_separate_review_ticket_reject_leaves_the_customer_untouched(bridge):
     bridge.act("zendesk", key, "comment", "We never refund opened items.")
     bridge.act("zendesk", key, "set_field", field=DECISION, value="ai_decision_reject")
     bridge.wait_status(review["id"], "rejected")
-    assert verified_callback(bridge, review["id"])["decisions"] == [{"type": "reject", "message": "We never refund opened items."}]
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "reject", "message": "We never refund opened items."}]
     wait_for(lambda: bridge.ticket("zendesk", key)["status"] == "solved", what="review ticket solved")
     assert bridge.ticket("zendesk", origin) == before
 
@@ -449,14 +438,14 @@ def test_worker_killed_after_zendesk_stored_the_reply_posts_it_once(tmp_path):
         # Zendesk stores the comment, then holds its answer: the bridge dies before it hears back.
         zd.settings.write_delay_ms = 5000
         b.act("zendesk", origin, "approve")
-        wait_for(lambda: draft in comments(b, origin, public=True), timeout=15, what="the emulator to store the reply")
+        wait_for(lambda: draft in b.comments("zendesk", origin, public=True), timeout=15, what="the emulator to store the reply")
         b.kill()
         zd.settings.write_delay_ms = 0
 
         b.start_process()
         done = posted(b, review["id"], timeout=30)
         assert done["status"] == "approved" and done["postback"]["attempts"] >= 2
-        assert comments(b, origin, public=True).count(draft) == 1
+        assert b.comments("zendesk", origin, public=True).count(draft) == 1
         with b.client("admin") as client:
             events = client.get("/v1/audit", params={"review_id": review["id"]}).json()["items"]
         assert [e["data"]["already_there"] for e in events if e["kind"] == "reply.posted"] == [True]

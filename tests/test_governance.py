@@ -55,17 +55,10 @@ def bridge(tmp_path_factory):
     b.stop()
 
 
-def comments(bridge, key):
-    return [c["body"] for c in bridge.ticket("jira", key)["comments"]]
 
 
-def wait_comment(bridge, key, text):
-    return wait_for(lambda: any(text in body for body in comments(bridge, key)), what=f"comment containing {text!r}")
 
 
-def audit_kinds(bridge, review_id):
-    with bridge.client("admin") as client:
-        return [e["kind"] for e in client.get("/v1/audit", params={"review_id": review_id}).json()["items"]]
 
 
 # ----- who may decide ----------------------------------------------------------------
@@ -75,7 +68,7 @@ def test_group_member_decides_and_others_are_refused(bridge):
     review = bridge.submit(metadata={"queue": "grouped"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")  # in jira-software-users only
-    wait_comment(bridge, key, "alice@example.com is not allowed to decide")
+    bridge.wait_comment("jira", key, "alice@example.com is not allowed to decide")
     assert bridge.review(review["id"])["status"] == "open"
     bridge.act("jira", key, "set_field", user="bob", field="status", value="In Review")
     bridge.act("jira", key, "approve", user="bob")  # in refund-approvers (resolved through Jira)
@@ -101,7 +94,7 @@ def test_agents_service_account_can_never_decide(bridge):
     review = bridge.submit(metadata={"queue": "service"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")
-    wait_comment(bridge, key, "service account and can never decide")
+    bridge.wait_comment("jira", key, "service account and can never decide")
     assert bridge.review(review["id"])["status"] == "open"
     assert not bridge.callbacks_for(review["id"])
 
@@ -110,18 +103,18 @@ def test_quorum_of_two_same_person_twice_counts_once(bridge):
     review = bridge.submit(metadata={"queue": "quorum"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")
-    wait_comment(bridge, key, "approval 1 of 2 recorded (alice@example.com)")
+    bridge.wait_comment("jira", key, "approval 1 of 2 recorded (alice@example.com)")
     wait_for(lambda: bridge.ticket("jira", key)["status"] == "In Review", what="ticket reopened")
     assert bridge.review(review["id"])["status"] == "open"
     bridge.act("jira", key, "approve", user="alice")  # the same person again
-    wait_comment(bridge, key, "alice@example.com has already approved")
+    bridge.wait_comment("jira", key, "alice@example.com has already approved")
     assert bridge.review(review["id"])["status"] == "open"
     assert not bridge.callbacks_for(review["id"])
     bridge.act("jira", key, "set_field", user="bob", field="status", value="In Review")
     bridge.act("jira", key, "approve", user="bob")
     decided = bridge.wait_status(review["id"], "approved")
     assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
-    kinds = audit_kinds(bridge, review["id"])
+    kinds = bridge.audit_kinds(review["id"])
     assert kinds.count("decision.approval_recorded") == 1 and "decision.quorum_met" in kinds
     wait_for(lambda: len(bridge.callbacks_for(review["id"])) == 1, what="one callback")
 
@@ -130,7 +123,7 @@ def test_quorum_any_reject_ends_it(bridge):
     review = bridge.submit(metadata={"queue": "quorum"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     bridge.act("jira", key, "approve", user="alice")
-    wait_comment(bridge, key, "approval 1 of 2")
+    bridge.wait_comment("jira", key, "approval 1 of 2")
     wait_for(lambda: bridge.ticket("jira", key)["status"] == "In Review", what="ticket reopened")
     bridge.act("jira", key, "reject", "Not this one.", user="bob")
     decided = bridge.wait_status(review["id"], "rejected")
@@ -153,7 +146,7 @@ def test_card_number_and_secrets_never_reach_the_ticket_a_comment_or_a_log_line(
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
     # An edit whose schema error would echo the card back into a refusal comment.
     bridge.act("jira", key, "edit", json.dumps({"order_id": "A-100", "amount": f"{CARD}"}), user="bob")
-    wait_comment(bridge, key, "do not fit")
+    bridge.wait_comment("jira", key, "do not fit")
     raw = bridge.ticket("jira", key)
     # Everything the bridge wrote (the reviewer's own comment is theirs, not the bridge's).
     ticket = json.dumps({**raw, "comments": [c for c in raw["comments"] if c["author"] == "HITL Bridge"]})
@@ -224,12 +217,12 @@ def test_preview_shows_what_will_be_masked(bridge):
 def test_sla_reminds_and_escalates_an_open_review_once(bridge):
     review = bridge.submit(metadata={"queue": "sla"})
     key = bridge.wait_ticket(review["id"])["ticket"]["key"]
-    wait_comment(bridge, key, "Reminder: please decide.")
-    wait_comment(bridge, key, "Escalated.")
+    bridge.wait_comment("jira", key, "Reminder: please decide.")
+    bridge.wait_comment("jira", key, "Escalated.")
     wait_for(lambda: bridge.ticket("jira", key)["fields"]["priority"] == "Highest", what="priority bumped")
     time.sleep(0.5)
-    assert sum("Reminder" in c for c in comments(bridge, key)) == 1
-    kinds = audit_kinds(bridge, review["id"])
+    assert sum("Reminder" in c for c in bridge.comments("jira", key)) == 1
+    kinds = bridge.audit_kinds(review["id"])
     assert kinds.count("sla.reminded") == 1 and kinds.count("sla.escalated") == 1
     assert bridge.review(review["id"])["status"] == "open"
 
@@ -240,7 +233,7 @@ def test_sla_does_nothing_once_decided(bridge):
     bridge.act("jira", key, "approve", user="bob")
     bridge.wait_status(review["id"], "approved")
     time.sleep(1.5)
-    assert not any("Reminder" in c or "Escalated." in c for c in comments(bridge, key))
+    assert not any("Reminder" in c or "Escalated." in c for c in bridge.comments("jira", key))
 
 
 def test_card_numbers_are_not_found_inside_ids():

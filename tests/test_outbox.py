@@ -9,9 +9,9 @@ import time
 import pytest
 
 from bridge import outbox
-from bridge.db import Database, utcnow
+from bridge.db import Database
 from bridge.migrate import upgrade
-from bridge.models import Job, Review
+from bridge.models import Review
 from harness import Bridge, TestDatabase
 from helpers import wait_for
 from procs import Proc

@@ -19,7 +19,6 @@ from bridge.db import Database
 from bridge.models import WebhookEvent
 from connectors.signing import hmac_sha256_hex
 from harness import Bridge
-from helpers import wait_for
 
 
 @pytest.fixture
