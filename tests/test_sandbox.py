@@ -107,6 +107,9 @@ def test_a_person_approves_on_the_page(sandbox):
             "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page()
         page.goto(f"{sandbox}/sandbox/ui")
+        customer = page.locator("#zendesk .ticket").filter(has_text="Refund for damaged blender").locator("details.customer-view")
+        customer.locator("summary").click()
+        assert "My blender" in customer.inner_text()  # the customer's own words, public
         card = page.locator(f"#jira .ticket[data-key='{ticket['key']}']")
         assert "Page approval test" in card.inner_text()
         card.locator("textarea").fill("Looks right to me.")
