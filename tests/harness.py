@@ -79,6 +79,19 @@ class TestDatabase:
             self.name = None
 
 
+def shipped_mapping(name: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "mappings" / f"{name}.yaml").read_text())
+
+
+def mapping_variant(shipped: str, name: str, **changes: Any) -> str:
+    """A shipped sample mapping under another name, some top-level sections replaced (YAML)."""
+    import yaml
+
+    return yaml.safe_dump({**shipped_mapping(shipped), "name": name, **changes})
+
+
 def api_keys() -> list[ApiKey]:
     return [
         ApiKey(name="agent", hash=hash_api_key(KEYS["agent"]), scopes=["reviews:write", "reviews:read"]),

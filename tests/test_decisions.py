@@ -3,21 +3,13 @@ upstream faults delay work without losing or duplicating it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import yaml
 
-from harness import Bridge
+from harness import Bridge, mapping_variant, shipped_mapping
 from helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-JIRA = yaml.safe_load((ROOT / "mappings" / "jira_review.yaml").read_text())
-
-
-def variant(name: str, **changes) -> str:
-    data = {**JIRA, "name": name, **changes}
-    return yaml.safe_dump(data)
+JIRA = shipped_mapping("jira_review")
 
 
 ROUTES = """
@@ -36,9 +28,9 @@ def bridge(tmp_path_factory):
         tmp_path_factory.mktemp("decisions"),
         routes=ROUTES,
         mappings={
-            "strict_review": variant("strict_review", reviewers={"allow": ["bob@example.com"]}),
-            "broken_review": variant("broken_review", ticket={"fields": broken_fields}),
-            "timed_review": variant("timed_review", sla={"expire_after_seconds": 1, "on_expire": "reject", "message": "Nobody decided in time."}),
+            "strict_review": mapping_variant("jira_review", "strict_review", reviewers={"allow": ["bob@example.com"]}),
+            "broken_review": mapping_variant("jira_review", "broken_review", ticket={"fields": broken_fields}),
+            "timed_review": mapping_variant("jira_review", "timed_review", sla={"expire_after_seconds": 1, "on_expire": "reject", "message": "Nobody decided in time."}),
         },
     ).start()
     yield b

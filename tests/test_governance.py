@@ -6,22 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-from harness import Bridge
+from harness import Bridge, mapping_variant
 from helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-JIRA = yaml.safe_load((ROOT / "mappings" / "jira_review.yaml").read_text())
 CARD = "4111 1111 1111 1111"
 CARD_DIGITS = CARD.replace(" ", "")
-
-
-def variant(name: str, **changes) -> str:
-    return yaml.safe_dump({**JIRA, "name": name, **changes})
 
 
 ROUTES = """
@@ -41,24 +33,18 @@ def bridge(tmp_path_factory):
         tmp_path_factory.mktemp("governance"),
         routes=ROUTES,
         mappings={
-            "grouped_review": variant("grouped_review", reviewers={"groups": ["refund-approvers"]}),
-            "quorum_review": variant("quorum_review", reviewers={"quorum": 2, "reopen": {"status": "In Review"}}),
-            "service_review": variant("service_review", reviewers={"service_accounts": ["alice@example.com"]}),
-            "public_review": variant("public_review", redaction={
+            "grouped_review": mapping_variant("jira_review", "grouped_review", reviewers={"groups": ["refund-approvers"]}),
+            "quorum_review": mapping_variant("jira_review", "quorum_review", reviewers={"quorum": 2, "reopen": {"status": "In Review"}}),
+            "service_review": mapping_variant("jira_review", "service_review", reviewers={"service_accounts": ["alice@example.com"]}),
+            "public_review": mapping_variant("jira_review", "public_review", redaction={
                 "clearance": "public", "patterns": [{"name": "order", "regex": r"A-\d{3}"}]}),
-            "sla_review": variant("sla_review", sla={
+            "sla_review": mapping_variant("jira_review", "sla_review", sla={
                 "expire_after_seconds": 60, "remind_after_seconds": 1, "remind_message": "Reminder: please decide.",
                 "escalate_after_seconds": 1, "escalate": {"fields": {"priority": {"name": "Highest"}}, "comment": "Escalated."}}),
         },
     ).start()
     yield b
     b.stop()
-
-
-
-
-
-
 
 
 # ----- who may decide ----------------------------------------------------------------
