@@ -7,6 +7,7 @@ import secrets
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,23 @@ def _settings(config: Path | None):
     from .config import load_settings
 
     return load_settings(config)
+
+
+@contextmanager
+def _transaction(url: str):
+    """One transaction for a one-shot command; a BridgeError becomes a clear exit 1."""
+    from .db import Database
+    from .errors import BridgeError
+
+    db = Database(url)
+    try:
+        with db.transaction() as session:
+            yield session
+    except BridgeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
 
 
 @app.command()
@@ -176,10 +194,8 @@ def keys_new(
 def audit_verify(config: ConfigOpt = None) -> None:
     """Check the audit trail's hash chain; exit 1 naming the first bad event."""
     from . import audit
-    from .db import Database
 
-    db = Database(_settings(config).database_url)
-    with db.transaction() as session:
+    with _transaction(_settings(config).database_url) as session:
         result = audit.verify(session)
     if not result.ok:
         typer.echo(f"audit trail broken after {result.checked} good events: {result.problem}", err=True)
@@ -205,17 +221,14 @@ def jobs_list(
 ) -> None:
     """List jobs (by default the dead-letter list), oldest first."""
     from . import outbox
-    from .db import Database
 
-    db = Database(_settings(config).database_url)
-    with db.transaction() as session:
+    with _transaction(_settings(config).database_url) as session:
         jobs = outbox.list_jobs(session, state=state, limit=limit)
         rows = [
             {"id": j.id, "review_id": j.review_id, "kind": j.kind, "state": j.state, "attempts": j.attempts,
              "last_error": j.last_error, "finished_at": j.finished_at.isoformat() if j.finished_at else None}
             for j in jobs
         ]
-    db.dispose()
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row))
@@ -227,18 +240,15 @@ def jobs_list(
 
 def _dead_letter_action(action: str, job_ids: list[int], every: bool, config: Path | None) -> None:
     from . import outbox
-    from .db import Database
 
     if not job_ids and not every:
         typer.echo("name job ids, or --all for the whole dead-letter list", err=True)
         raise typer.Exit(2)
-    db = Database(_settings(config).database_url)
-    with db.transaction() as session:
+    with _transaction(_settings(config).database_url) as session:
         if every:
             job_ids = [j.id for j in outbox.list_jobs(session, state="dead", limit=1_000_000)]
         change = outbox.retry_dead if action == "retry" else outbox.discard_dead
         done = [j.id for j in change(session, job_ids, actor=_operator())]
-    db.dispose()
     missing = sorted(set(job_ids) - set(done))
     typer.echo(f"{'retried' if action == 'retry' else 'discarded'}: {len(done)} job(s)")
     if missing:
@@ -351,19 +361,11 @@ def keys_create(
     from datetime import timedelta
 
     from . import keys
-    from .db import Database, utcnow
-    from .errors import BridgeError
+    from .db import utcnow
 
-    db = Database(_settings(config).database_url)
-    try:
-        with db.transaction() as session:
-            expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
-            key = keys.create(session, name, scope, actor=_operator(), expires_at=expires, rate_limit_per_minute=rate_limit)
-    except BridgeError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        db.dispose()
+    with _transaction(_settings(config).database_url) as session:
+        expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+        key = keys.create(session, name, scope, actor=_operator(), expires_at=expires, rate_limit_per_minute=rate_limit)
     typer.echo(f"key (shown once): {key}")
 
 
@@ -371,13 +373,10 @@ def keys_create(
 def keys_list(config: ConfigOpt = None) -> None:
     """Keys in the database (never the keys themselves) and the config's key names."""
     from . import keys
-    from .db import Database
 
     settings = _settings(config)
-    db = Database(settings.database_url)
-    with db.transaction() as session:
+    with _transaction(settings.database_url) as session:
         rows = keys.list_keys(session)
-    db.dispose()
     for row in rows:
         typer.echo(json.dumps(row))
     for key in settings.api_keys:
@@ -388,18 +387,9 @@ def keys_list(config: ConfigOpt = None) -> None:
 def keys_revoke(name: str, config: ConfigOpt = None) -> None:
     """Revoke a key made with `keys create` (refused from the next request on). Audited."""
     from . import keys
-    from .db import Database
-    from .errors import BridgeError
 
-    db = Database(_settings(config).database_url)
-    try:
-        with db.transaction() as session:
-            keys.revoke(session, name, actor=_operator())
-    except BridgeError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        db.dispose()
+    with _transaction(_settings(config).database_url) as session:
+        keys.revoke(session, name, actor=_operator())
     typer.echo(f"revoked: {name}")
 
 
@@ -450,17 +440,14 @@ def retention_purge(
     """Purge the content of reviews finished longer ago than the retention period (run it
     daily, e.g. from cron); `audit verify` keeps passing."""
     from . import retention
-    from .db import Database
 
     settings = _settings(config)
     days = older_than_days or settings.retention_days
     if not days:
         typer.echo("no retention period: set retention_days in the config or pass --older-than-days", err=True)
         raise typer.Exit(2)
-    db = Database(settings.database_url)
-    with db.transaction() as session:
+    with _transaction(settings.database_url) as session:
         purged = retention.purge(session, older_than_days=days, actor=_operator())
-    db.dispose()
     typer.echo(f"purged {len(purged)} review(s)")
 
 
