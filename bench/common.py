@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.config import ApiKey, Settings, WorkerSettings, hash_api_key
-from bridge.db import normalize_url
+from bridge.db import create_database, drop_database, normalize_url
 from connectors.emulators import JiraEmulator
 from connectors.emulators.base import RunningEmulator, RunningServer, serve, start_emulator
 
@@ -81,27 +81,13 @@ class Database:
             self.url = f"sqlite:///{path}"
             self.path: Path | None = path
             return
-        from sqlalchemy.engine import make_url
-
         self.path = None
         self.name = f"hitl_bench_{name}_{os.getpid()}_{os.urandom(3).hex()}"
-        self._admin(f'CREATE DATABASE "{self.name}"')
-        self.url = make_url(normalize_url(server_url)).set(database=self.name).render_as_string(hide_password=False)
+        self.url = create_database(server_url, self.name)
 
     @property
     def kind(self) -> str:
         return "sqlite" if self.server_url is None else "postgresql"
-
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.pool import NullPool
-
-        engine = create_engine(normalize_url(self.server_url or ""), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(statement))
-        finally:
-            engine.dispose()
 
     def size_bytes(self) -> int | None:
         if self.path is not None:
@@ -118,7 +104,7 @@ class Database:
 
     def drop(self) -> None:
         if self.name is not None:
-            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            drop_database(self.server_url or "", self.name)
             self.name = None
 
 

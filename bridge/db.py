@@ -44,6 +44,31 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _admin(server_url: str, statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the PostgreSQL server ``server_url`` reaches (any database
+    on it will do) and return its URL. For throwaway databases: tests and benchmarks."""
+    from sqlalchemy.engine import make_url
+
+    _admin(server_url, f'CREATE DATABASE "{name}"')
+    return make_url(normalize_url(server_url)).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql", "postgres:"))
 

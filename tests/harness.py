@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from sqlalchemy.pool import NullPool
 
 from bridge.app import create_app
 from bridge.config import ApiKey, Settings, WorkerSettings, hash_api_key
-from bridge.db import normalize_url
+from bridge.db import create_database, drop_database
 from connectors.emulators import EMULATORS, Act, start_emulator
 from connectors.emulators.base import RunningServer, free_socket, serve
 from helpers import Recorder, wait_for
@@ -53,29 +52,16 @@ class TestDatabase:
         if not self.postgres_configured():
             self.url = f"sqlite:///{tmp_path / f'{name}.db'}"
             return
-        from sqlalchemy.engine import make_url
-
         self.name = f"hitl_test_{os.getpid()}_{os.urandom(4).hex()}"
-        self._admin(f'CREATE DATABASE "{self.name}"')
-        self.url = make_url(normalize_url(self.server_url)).set(database=self.name).render_as_string(hide_password=False)
+        self.url = create_database(self.server_url, self.name)
 
     @staticmethod
     def postgres_configured() -> bool:
         return os.environ.get("HITL_TEST_DATABASE_URL", "").startswith("postgres")
 
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(normalize_url(self.server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(statement))
-        finally:
-            engine.dispose()
-
     def drop(self) -> None:
         if self.name is not None:
-            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            drop_database(self.server_url, self.name)
             self.name = None
 
 
