@@ -135,14 +135,6 @@ class Worker:
                 log.exception("worker.loop_error")
             self.rt.wakeup.set()  # the job may have queued another (a decision's delivery): look now
 
-    def run_once(self) -> bool:
-        job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
-        if job is None:
-            return False
-        with correlation(job.review_id):
-            self._run(job)
-        return True
-
     def _run(self, job: Job) -> None:
         handler = self.handlers[job.kind]
         settings = self.rt.settings.worker
