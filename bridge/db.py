@@ -92,7 +92,9 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection):
             # Take the write lock up front: two writers never deadlock upgrading read locks.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads (Database.read) begin deferred: in WAL mode they never wait for a writer.
+            read_only = connection.get_execution_options().get("hitl_read_only")
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -106,6 +108,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(hitl_read_only=True), expire_on_commit=False)
         # SQLite has one writer at a time and every transaction here takes the write lock
         # (BEGIN IMMEDIATE). Threads of this process queue for it on a lock, which hands it
         # over at once; SQLite's busy handler, which other processes still meet, sleeps up
@@ -120,6 +123,14 @@ class Database:
                 yield session
             return
         with self._writer, self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work: a consistent snapshot that queues behind no writer
+        (requests that only look, such as GET and the long-poll). Never commits: closing the
+        session ends the snapshot, and what was loaded stays readable."""
+        with self._readers() as session:
             yield session
 
     def session(self) -> Session:

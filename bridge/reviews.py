@@ -229,7 +229,7 @@ def _actor(reviewer: Any) -> str:
 
 
 def get(rt: Runtime, review_id: str) -> ReviewOut:
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         review = session.get(Review, review_id)
         if review is None:
             raise NotFoundError(f"no review {review_id!r}")
@@ -296,7 +296,7 @@ def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit
         query = query.where(Review.route_name == route)
     if cursor:
         query = query.where(Review.id < _decode_cursor(cursor))
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         rows = list(session.execute(query).scalars())
         # One query for the page's jobs, not one per review (a page of 50: 28-48 ms -> 9-13 ms, bench/).
         jobs: dict[str, dict[str, Job]] = {r.id: {} for r in rows[:limit]}
@@ -310,17 +310,22 @@ def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit
 
 
 def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Review, bool]:
-    """For the long-poll: the review, and whether it has a decision to hand over now."""
-    with rt.db.transaction() as session:
+    """For the long-poll: the review, and whether it has a decision to hand over now.
+
+    Polls read without taking the write lock; only the hand-over itself is written."""
+    with rt.db.read() as session:
         review = session.get(Review, review_id)
         if review is None:
             raise NotFoundError(f"no review {review_id!r}")
-        ready = review.decision is not None
-        if ready and review.delivered_at is None and review.request.get("resume") is None:
-            review.delivered_at = utcnow()
-            audit.record(session, "decision.delivered", actor="bridge", review_id=review.id, via="long_poll")
         session.expunge(review)
-        return review, ready
+    ready = review.decision is not None
+    if ready and review.delivered_at is None and review.request.get("resume") is None:
+        with rt.db.transaction() as session:
+            row = session.get(Review, review_id, with_for_update=True)
+            if row.delivered_at is None:
+                row.delivered_at = utcnow()
+                audit.record(session, "decision.delivered", actor="bridge", review_id=row.id, via="long_poll")
+    return review, ready
 
 
 # ----- cancel ----------------------------------------------------------------------
