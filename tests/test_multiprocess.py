@@ -145,6 +145,14 @@ def run_cluster(tmp_path, *, reviews: int, chaos_seconds: float, kill_every: flo
             if time.monotonic() > deadline + 120:
                 raise AssertionError(f"only {len(decided)} of {len(review_ids)} reviews got a ticket")
             time.sleep(0.2)
+
+        def all_delivered() -> bool:
+            return all((r := status(review_id)) and r["status"] == "approved" and r["delivery"]["state"] == "delivered"
+                       for review_id in review_ids)
+
+        # the kills go on while decisions are read back and delivered, then everything restarts
+        while time.monotonic() < deadline and not all_delivered():
+            time.sleep(1.0)
         stop_chaos.set()
         chaos_thread.join(timeout=30)
         for proc in processes:
@@ -152,12 +160,7 @@ def run_cluster(tmp_path, *, reviews: int, chaos_seconds: float, kill_every: flo
                 proc.start(wait=False)
         for proc in servers:
             proc.wait_ready()
-
-        def all_delivered() -> bool:
-            return all((r := status(review_id)) and r["status"] == "approved" and r["delivery"]["state"] == "delivered"
-                       for review_id in review_ids)
-
-        wait_for(all_delivered, timeout=180, interval=1.0, what="every review decided and delivered")
+        wait_for(all_delivered, timeout=180 + reviews // 10, interval=1.0, what="every review decided and delivered")
         # no duplicate ticket, every decision delivered with one webhook-id per review
         for review_id in review_ids:
             labelled = [t for t in jira.list_tickets() if f"hitl-{review_id}" in (t["fields"].get("labels") or [])]
