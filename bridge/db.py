@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy import DateTime, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -138,3 +140,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+_ONCE: dict[tuple[str, str], object] = {}
+
+
+def insert_once(session: Session, table: Table, values: dict) -> object | None:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING <primary key>`` on the session's
+    connection: the new row's key, or None when a unique key was taken already. One
+    prepared statement per table, run after flushing the session's pending rows (which it
+    may reference); no lookup, savepoint or ORM flush of its own (a hot path: bench/)."""
+    dialect = session.get_bind().dialect.name
+    statement = _ONCE.get((dialect, table.name))
+    if statement is None:
+        statement = _INSERTS[dialect](table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+        _ONCE[(dialect, table.name)] = statement
+    session.flush()
+    return session.connection().execute(statement, values).scalar()

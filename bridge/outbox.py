@@ -11,22 +11,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import wait_exponential_jitter
 
-from .db import Database, utcnow
+from .db import Database, insert_once, utcnow
 from .models import Job
 from .wakeups import CHANNEL
 
 ACTIVE = ("pending", "running")
-_JOBS = Job.__table__
-_ADD_JOB = {  # prepared once: INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING id
-    name: dialect_insert(_JOBS).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_JOBS.c.id)
-    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
-}
 
 
 def enqueue(
@@ -39,30 +31,16 @@ def enqueue(
     delay_seconds: float = 0.0,
     max_attempts: int = 12,
 ) -> int | None:
-    """Add a job unless one with the same ``dedupe_key`` exists (then None); its id.
-
-    On SQLite and PostgreSQL one prepared ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING``
-    on the session's connection: a lookup, a savepoint and an ORM flush per job were a third
-    of intake's time (bench/)."""
+    """Add a job unless one with the same ``dedupe_key`` exists (then None); its id. One
+    ``INSERT ... ON CONFLICT DO NOTHING`` (a lookup, a savepoint and an ORM flush per job
+    were a third of intake's time: bench/)."""
     key = dedupe_key or f"{kind}:{review_id}"
-    values = {"review_id": review_id, "kind": kind, "dedupe_key": key, "payload": payload or {},
-              "run_at": utcnow() + timedelta(seconds=delay_seconds), "max_attempts": max_attempts}
-    statement = _ADD_JOB.get(session.get_bind().dialect.name)
-    if statement is not None:
-        session.flush()  # the review row first (jobs.review_id references it)
-        job_id = session.connection().execute(statement, values).scalar()
-        if job_id is None:
-            return None
-    else:
-        if session.execute(select(Job.id).where(Job.dedupe_key == key)).first():
-            return None
-        job = Job(**values)
-        try:
-            with session.begin_nested():
-                session.add(job)
-        except IntegrityError:
-            return None
-        job_id = job.id
+    job_id = insert_once(session, Job.__table__, {
+        "review_id": review_id, "kind": kind, "dedupe_key": key, "payload": payload or {},
+        "run_at": utcnow() + timedelta(seconds=delay_seconds), "max_attempts": max_attempts,
+    })
+    if job_id is None:
+        return None
     notify(session)
     return job_id
 
