@@ -15,8 +15,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from . import operations, sessions, stats, versions
-from .config import ApiKey, hash_api_key
+from . import keys, operations, sessions, stats, versions
+from .config import ApiKey
 from .deps import RuntimeDep
 from .errors import BridgeError
 
@@ -27,7 +27,7 @@ _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Po
 
 def _session(request: Request, rt) -> tuple[ApiKey | None, str | None]:
     cookie = request.cookies.get(sessions.COOKIE)
-    return sessions.verify(rt.settings, cookie), cookie
+    return sessions.verify(lambda name: keys.by_name(rt, name), cookie), cookie
 
 
 def _page(template: str, status: int = 200, **context) -> HTMLResponse:
@@ -62,9 +62,10 @@ def login_page(request: Request, rt: RuntimeDep) -> HTMLResponse:
 
 @router.post("/login")
 def login(rt: RuntimeDep, api_key: str = Form(...)):
-    key = rt.settings.key_by_hash().get(hash_api_key(api_key.strip()))
+    key, why = keys.lookup(rt, api_key.strip())  # config keys, then keys made with `hitl-bridge keys create`
     if key is None or "admin" not in key.scopes:
-        return _page("admin_login.html", status=401, error="That is not an admin API key.")
+        error = "That API key has expired." if why == "expired" else "That is not an admin API key."
+        return _page("admin_login.html", status=401, error=error)
     response = RedirectResponse("/admin", status_code=303)
     response.set_cookie(sessions.COOKIE, sessions.issue(key), max_age=sessions.LIFETIME_SECONDS, httponly=True,
                         samesite="strict", secure=rt.settings.public_url.startswith("https"), path="/")

@@ -451,6 +451,46 @@ def retention_purge(
     typer.echo(f"purged {len(purged)} review(s)")
 
 
+reviews_app = typer.Typer(no_args_is_help=True, help="Reviews: reverse a decision with a new, audited one.")
+app.add_typer(reviews_app, name="reviews")
+
+
+@reviews_app.command("reverse")
+def reviews_reverse(
+    review_id: str,
+    reason: Annotated[str, typer.Option(help="Why (audited, and posted on the ticket).")],
+    decision: Annotated[Optional[str], typer.Option(help="approve, reject or respond, for every action.")] = None,
+    message: Annotated[Optional[str], typer.Option(help="The reject or respond message.")] = None,
+    decisions: Annotated[Optional[str], typer.Option(help="The decisions as a JSON list instead (e.g. an edit).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replace a decided review's decision with a new version; the agent is sent it (as
+    POST /v1/reviews/{id}/decision does)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from . import reversal
+    from .models import Review
+    from .schemas import Decision
+
+    if (decision is None) == (decisions is None) or not reason.strip():
+        typer.echo("give --reason and one of --decision or --decisions", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    with _transaction(settings.database_url) as session:
+        review = session.get(Review, review_id)
+        count = len((review.request or {}).get("action_requests") or []) if review else 1
+        try:
+            new = (TypeAdapter(list[Decision]).validate_json(decisions) if decisions
+                   else [Decision(type=decision, message=message)] * count)
+        except ValidationError as exc:
+            typer.echo(f"error: invalid decision: {exc.errors()[0]['msg']}", err=True)
+            raise typer.Exit(2) from None
+        row = reversal.reverse(session, review_id, new, reason=reason.strip(), actor=_operator(),
+                               max_attempts=settings.worker.max_attempts)
+        out = {"id": row.id, "status": row.status, "version": row.decision["version"]}
+    typer.echo(json.dumps(out))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -18,7 +18,7 @@ import jsonschema
 from connectors.base import Comment, Person, Ticket
 
 from .mapping import Mapping
-from .schemas import Decision, EditedAction, Reviewer, ReviewRequest
+from .schemas import ActionRequest, Decision, EditedAction, Reviewer, ReviewRequest
 
 CLOCK_SKEW = timedelta(seconds=5)
 
@@ -150,6 +150,11 @@ def parse_edit(text: str, request: ReviewRequest) -> tuple[int, EditedAction]:
         args = {**action.args, "body": text}
     else:
         raise EditError(f"for {action.name!r}, /edit takes the new arguments as a JSON object")
+    _check_args(action, args)
+    return index, EditedAction(name=action.name, args=args)
+
+
+def _check_args(action: ActionRequest, args: dict[str, Any]) -> None:
     if action.args_schema:
         try:
             jsonschema.validate(args, action.args_schema)
@@ -158,7 +163,32 @@ def parse_edit(text: str, request: ReviewRequest) -> tuple[int, EditedAction]:
             raise EditError(f"the edited arguments do not fit {action.name!r}: {where}: {exc.message}") from exc
         except jsonschema.SchemaError as exc:
             raise EditError(f"the tool's argument schema is invalid: {exc.message}") from exc
-    return index, EditedAction(name=action.name, args=args)
+
+
+def check_decisions(request: ReviewRequest, decisions: Sequence[Decision]) -> str | None:
+    """Why ``decisions`` do not fit what the request allows, or None: one per action request,
+    each of an allowed type, an edit keeping the tool name and fitting its argument schema, a
+    response carrying its message. A reviewer's decision and an admin's reversal pass the same."""
+    actions = request.action_requests
+    if len(decisions) != len(actions):
+        return f"the review asks about {len(actions)} action(s) but {len(decisions)} decision(s) were given"
+    for i, (action, decision) in enumerate(zip(actions, decisions)):
+        allowed = request.allowed_for(i)
+        if decision.type not in allowed:
+            return f"{decision.type!r} is not allowed for {action.name!r}; allowed: {', '.join(allowed)}"
+        if decision.type == "edit":
+            edited = decision.edited_action
+            if edited is None:
+                return f"an edit of {action.name!r} needs edited_action with the new arguments"
+            if edited.name != action.name:
+                return f"an edit may not change the tool name ({action.name!r} to {edited.name!r})"
+            try:
+                _check_args(action, edited.args)
+            except EditError as exc:
+                return str(exc)
+        if decision.type == "respond" and not (decision.message or "").strip():
+            return f"a response to {action.name!r} needs a message"
+    return None
 
 
 def decide(
@@ -218,11 +248,9 @@ def decide(
             return Refused("a response needs your answer as a comment before the status change", reviewer)
         decisions = [Decision(type="respond", message=message) for _ in request.action_requests]
 
-    for i, decision in enumerate(decisions):
-        allowed = request.allowed_for(i)
-        if decision.type not in allowed:
-            name = request.action_requests[i].name
-            return Refused(f"{decision.type!r} is not allowed for {name!r}; allowed: {', '.join(allowed)}", reviewer)
+    problem = check_decisions(request, decisions)
+    if problem is not None:
+        return Refused(problem, reviewer)
     if spec.quorum > 1 and overall_type(decisions) in ("approve", "edit"):
         recorded = dict(approvals)
         key, ref = person_key(person), change_ref(ticket)

@@ -49,19 +49,6 @@ AdminKey = Annotated[ApiKey, Depends(require("admin"))]
 AuditKey = Annotated[ApiKey, Depends(require("audit"))]
 
 
-def require_submit(request: Request, key: WriteKey) -> ApiKey:
-    """A ``reviews:write`` key within its submission rate limit (429 with Retry-After beyond)."""
-    if key.rate_limit_per_minute:
-        limiter = getattr(request.app.state, "rate_limiter", None)
-        if limiter is None:
-            limiter = request.app.state.rate_limiter = keys.RateLimiter()
-        limiter.check(key.name, key.rate_limit_per_minute)
-    return key
-
-
-SubmitKey = Annotated[ApiKey, Depends(require_submit)]
-
-
 def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:
     """An admin bearer key, or the admin page's session cookie (with its CSRF token on any
     request that changes something)."""
@@ -70,7 +57,7 @@ def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:
     if request.headers.get("authorization"):
         return require("admin")(request, rt)
     cookie = request.cookies.get(sessions.COOKIE)
-    key = sessions.verify(rt.settings, cookie)
+    key = sessions.verify(lambda name: keys.by_name(rt, name), cookie)
     if key is None:
         raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
     if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok(key, cookie, request.headers.get(sessions.CSRF_HEADER)):

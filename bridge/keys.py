@@ -1,24 +1,24 @@
 """API keys made with ``hitl-bridge keys create``: stored hashed in the database, scoped,
-optionally expiring and rate-limited, revocable; every change is an audited admin action.
-Keys listed in the config file keep working beside them."""
+optionally expiring and rate-limited (a window shared by every instance), revocable; every
+change is an audited admin action. Keys listed in the config file keep working beside them."""
 
 from __future__ import annotations
 
 import math
 import secrets
-import threading
 import time
-from collections import deque
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from . import audit
 from .config import ApiKey, hash_api_key
 from .db import utcnow
 from .errors import BridgeError, ConflictError, NotFoundError
-from .models import StoredApiKey
+from .models import RateWindow, StoredApiKey
 
 SCOPES = ("reviews:write", "reviews:read", "admin", "audit")
 
@@ -85,36 +85,68 @@ def lookup(rt, token: str) -> tuple[ApiKey | None, str | None]:
         if key.expires_at is not None and key.expires_at <= now:
             return None, "expired"
         return key, None
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         row = session.execute(select(StoredApiKey).where(StoredApiKey.hash == digest)).scalar_one_or_none()
-        if row is None or row.revoked_at is not None:
-            return None, "invalid"
-        if row.expires_at is not None and row.expires_at <= now:
-            return None, "expired"
-        return ApiKey(name=row.name, hash=row.hash, scopes=row.scopes, rate_limit_per_minute=row.rate_limit_per_minute,
-                      expires_at=row.expires_at), None
+        return _usable(row, now)
 
 
-class RateLimiter:
-    """A sliding one-minute window per key, in this process (with several API instances
-    behind a balancer, each allows the limit: set it per instance)."""
+def by_name(rt, name: str) -> ApiKey | None:
+    """The usable key called ``name`` (config first, then the database; revoked or expired:
+    None). The admin page's session cookie names its key and is checked against it."""
+    now = utcnow()
+    key = next((k for k in rt.settings.api_keys if k.name == name), None)
+    if key is not None:
+        return key if key.expires_at is None or key.expires_at > now else None
+    with rt.db.read() as session:
+        row = session.execute(select(StoredApiKey).where(StoredApiKey.name == name)).scalar_one_or_none()
+        return _usable(row, now)[0]
 
-    def __init__(self, clock=time.monotonic):
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._hits: dict[str, deque[float]] = {}
 
-    def check(self, name: str, per_minute: int) -> None:
-        now = self._clock()
-        with self._lock:
-            hits = self._hits.setdefault(name, deque())
-            while hits and hits[0] <= now - 60:
-                hits.popleft()
-            if len(hits) >= per_minute:
-                retry_after = max(1, math.ceil(hits[0] + 60 - now))
-                raise RateLimitedError(
-                    f"the API key {name!r} may submit {per_minute} reviews a minute; retry in {retry_after} s",
-                    retry_after=retry_after,
-                    details={"limit_per_minute": per_minute, "retry_after_seconds": retry_after},
-                )
-            hits.append(now)
+def _usable(row: StoredApiKey | None, now: datetime) -> tuple[ApiKey | None, str | None]:
+    if row is None or row.revoked_at is not None:
+        return None, "invalid"
+    if row.expires_at is not None and row.expires_at <= now:
+        return None, "expired"
+    return ApiKey(name=row.name, hash=row.hash, scopes=row.scopes, rate_limit_per_minute=row.rate_limit_per_minute,
+                  expires_at=row.expires_at), None
+
+
+WINDOW_SECONDS = 60
+_WINDOWS = RateWindow.__table__
+_UPSERT = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+
+def count_submission(session: Session, name: str, per_minute: int, *, now: float | None = None) -> None:
+    """Count one submission by the key ``name`` in this minute's window, inside the submit's
+    transaction; beyond ``per_minute`` a 429 whose rollback takes the count back with it.
+
+    The window is a row every instance on the database shares: one ``INSERT ... ON CONFLICT
+    DO UPDATE count = count + 1 RETURNING count``. Concurrent submissions by one key queue on
+    that row (PostgreSQL) or the write lock (SQLite), so exactly ``per_minute`` get in. The
+    key's first submission in a new window deletes its older windows."""
+    now = time.time() if now is None else now
+    start = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
+    connection = session.connection()
+    dialect_insert = _UPSERT.get(connection.dialect.name)
+    if dialect_insert is not None:
+        statement = dialect_insert(_WINDOWS).values(key_name=name, window_start=start, count=1).on_conflict_do_update(
+            index_elements=[_WINDOWS.c.key_name, _WINDOWS.c.window_start], set_={"count": _WINDOWS.c.count + 1}
+        )
+        count = connection.execute(statement.returning(_WINDOWS.c.count)).scalar_one()
+    else:  # other databases: lock the row, or make it
+        row = session.get(RateWindow, (name, start), with_for_update=True)
+        if row is None:
+            row = RateWindow(key_name=name, window_start=start, count=0)
+            session.add(row)
+        row.count += 1
+        session.flush()
+        count = row.count
+    if count == 1:
+        connection.execute(delete(_WINDOWS).where(_WINDOWS.c.key_name == name, _WINDOWS.c.window_start < start))
+    if count > per_minute:
+        retry_after = max(1, math.ceil(start + WINDOW_SECONDS - now))
+        raise RateLimitedError(
+            f"the API key {name!r} may submit {per_minute} reviews a minute; retry in {retry_after} s",
+            retry_after=retry_after,
+            details={"limit_per_minute": per_minute, "retry_after_seconds": retry_after},
+        )

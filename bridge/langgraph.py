@@ -17,7 +17,9 @@ pending interrupts are read: a decision for an interrupt that is no longer waiti
 loudly (``PermanentError``, so the worker dead-letters it) instead of being ignored.
 Servers that offer the API's strict resume (``/info`` flag ``strict_resume``) also get it.
 The run is tagged with a fingerprint of the decision, so a retry after a lost response
-finds its own run rather than failing as stale.
+finds its own run rather than failing as stale, and with the review and the decision's
+version: a thread resumed with one version is never resumed with a reversal of it
+(``AlreadyResumed``; the worker records that delivery as undeliverable).
 
 langgraph-sdk's errors are translated to the connector error tree in ``translate`` only.
 """
@@ -48,6 +50,7 @@ from connectors.errors import (
 from .schemas import DECISION_TYPES, ActionRequest, Decision, DecisionRecord, LangGraphTarget
 
 RESUME_KEY = "hitl_bridge_resume_key"
+REVIEW_KEY, VERSION_KEY = "hitl_bridge_review_id", "hitl_bridge_decision_version"
 FINAL_RUN_STATES = {"success", "error", "timeout", "interrupted"}
 MAX_DESCRIPTION = 20_000
 
@@ -144,6 +147,14 @@ def action_requests(value: dict[str, Any], response_schema: dict[str, Any] | Non
 def allowed_union(actions: list[ActionRequest]) -> list[str]:
     seen = {kind for action in actions for kind in (action.allowed_decisions or DECISION_TYPES)}
     return [kind for kind in DECISION_TYPES if kind in seen]
+
+
+class AlreadyResumed(PermanentError):
+    """The thread was resumed with an earlier version of the review's decision (reversed
+    since): a resumed interrupt cannot be answered again."""
+
+    def __init__(self, message: str):
+        super().__init__(message, operation="resume_thread")
 
 
 class ResumeMismatch(ValueError):
@@ -269,12 +280,21 @@ def resume_key(interrupt_id: str, record: DecisionRecord) -> str:
 
 
 def resume_thread(
-    target: LangGraphTarget, record: DecisionRecord, *, api_key: str | None = None, wait_seconds: float = 30.0
+    target: LangGraphTarget, record: DecisionRecord, *, api_key: str | None = None, wait_seconds: float = 30.0,
+    review_id: str | None = None,
 ) -> dict[str, Any]:
     """Resume the thread with the decision; returns the run. Raises PermanentError for a
-    stale, duplicate or ill-fitting decision, RetryableError when a retry can help."""
+    stale, duplicate or ill-fitting decision (``AlreadyResumed`` when the run tagged with
+    ``review_id`` carried another version of its decision), RetryableError when a retry can help."""
     url = str(target.url).rstrip("/")
     with langgraph_client(url, api_key, operation="resume_thread") as client:
+        runs = list(client.runs.list(target.thread_id, limit=100))
+        if review_id is not None:
+            for run in runs:
+                metadata = run.get("metadata") or {}
+                if metadata.get(REVIEW_KEY) == review_id and metadata.get(VERSION_KEY, 1) != record.version:
+                    raise AlreadyResumed(f"thread {target.thread_id} was resumed with version {metadata.get(VERSION_KEY, 1)} "
+                                         f"of this review's decision (run {run.get('run_id')})")
         thread = client.threads.get(target.thread_id)
         pending = pending_interrupts(thread.get("interrupts") or {})
         hitl = [i for i in pending if hitl_kind(i.get("value"))]
@@ -291,7 +311,7 @@ def resume_thread(
                 operation="resume_thread",
             )
         key = resume_key(interrupt_id, record)
-        earlier = next((r for r in client.runs.list(target.thread_id, limit=100) if (r.get("metadata") or {}).get(RESUME_KEY) == key), None)
+        earlier = next((r for r in runs if (r.get("metadata") or {}).get(RESUME_KEY) == key), None)
         if earlier is not None:  # a retry after a lost response: the run was made
             return _settle(client, target.thread_id, earlier, interrupt_id, wait_seconds)
         if interrupt is None:
@@ -312,7 +332,8 @@ def resume_thread(
             assistant_id,
             command={"resume": {interrupt_id: value}},
             multitask_strategy="reject",
-            metadata={RESUME_KEY: key, "hitl_bridge_interrupt_id": interrupt_id},
+            metadata={RESUME_KEY: key, "hitl_bridge_interrupt_id": interrupt_id,
+                      **({REVIEW_KEY: review_id, VERSION_KEY: record.version} if review_id else {})},
             strict_resume=True if _supports_strict_resume(client, url) else None,
         )
         return _settle(client, target.thread_id, run, interrupt_id, wait_seconds)

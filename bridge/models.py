@@ -194,3 +194,16 @@ class AuditContent(Base):
     review_id: Mapped[str | None] = mapped_column(String(48), index=True)
     salt: Mapped[str] = mapped_column(String(32))
     content: Mapped[dict[str, Any]]
+
+
+class RateWindow(Base):
+    """Submissions per API key in one fixed one-minute window, shared by every instance on
+    the database (``keys.count_submission``); a key's older windows are deleted as it
+    opens a new one."""
+
+    __tablename__ = "rate_windows"
+
+    key_name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """Unix seconds at the start of the minute."""
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -87,7 +87,8 @@ def release(db: Database, worker_id: str) -> int:
         result = session.execute(
             update(Job)
             .where(Job.locked_by == worker_id, Job.state == "running")
-            .values(state="pending", locked_until=None, locked_by=None, attempts=func.max(Job.attempts - 1, 0)
+            .values(state="pending", locked_until=None, locked_by=None, last_error="released at shutdown",
+                    attempts=func.max(Job.attempts - 1, 0)
                     if db.engine.dialect.name == "sqlite" else func.greatest(Job.attempts - 1, 0))
         )
         if result.rowcount:

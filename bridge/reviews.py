@@ -9,14 +9,14 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connectors import TicketEvent
 
-from . import audit, outbox
-from .db import utcnow
+from . import audit, keys, outbox
+from .db import insert_once, utcnow
 from .decide import overall_type
 from .errors import BridgeError, ConflictError, NotFoundError
 from .mapping import Mapping
@@ -56,9 +56,11 @@ def request_hash(request: ReviewRequest) -> str:
 # ----- submit ----------------------------------------------------------------------
 
 
-def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None) -> tuple[ReviewOut, bool]:
+def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None,
+           rate_limit: int | None = None) -> tuple[ReviewOut, bool]:
     """Accept a review in one transaction; returns (review, created). Same key and body:
-    the same review; same key, other body: 409."""
+    the same review; same key, other body: 409. ``rate_limit``: the key's submissions a
+    minute, counted in the same transaction (429 beyond)."""
     if request.origin and request.origin.connection not in rt.settings.connections:
         raise BridgeError(
             f"origin.connection {request.origin.connection!r} is not a configured connection",
@@ -66,16 +68,21 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
             details={"field": "origin.connection", "known": sorted(rt.settings.connections)},
         )
     digest = request_hash(request)
+    # Routing and building the row are CPU work: done before the transaction, they do not
+    # hold SQLite's one write lock while other submissions wait for it.
+    review, routed = _new_review(rt, request, api_key=api_key, idempotency_key=idempotency_key, digest=digest)
     try:
         with rt.db.transaction() as session:
-            existing = _by_idempotency(session, api_key, idempotency_key) if idempotency_key else None
-            if existing is not None:
-                return _replayed(session, existing, digest), False
-            review = _create(session, rt, request, api_key=api_key, idempotency_key=idempotency_key, digest=digest)
+            if rate_limit:
+                keys.count_submission(session, api_key, rate_limit)
+            _create(session, rt, review, request, routed)
             session.flush()
-            out = to_out(session, review)
+            # a queued review has no delivery or reply job yet: nothing to read back
+            out = None if review.status == Status.queued else to_out(session, review, request=request)
+        out = out or to_out(None, review, request=request, jobs={})
     except IntegrityError:
-        # Another request with the same key won the race: answer with its review.
+        # The Idempotency-Key is taken (a retry, or a concurrent request that won): answer
+        # with its review. Trying the insert first saves a lookup on every other submit.
         with rt.db.transaction() as session:
             existing = _by_idempotency(session, api_key, idempotency_key or "")
             if existing is None:
@@ -102,7 +109,8 @@ def _by_idempotency(session: Session, api_key: str, key: str) -> Review | None:
     ).scalar_one_or_none()
 
 
-def _create(session: Session, rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None, digest: str) -> Review:
+def _new_review(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None,
+                digest: str) -> tuple[Review, Any]:
     review_id = new_id("rev")
     from_run = request.from_langsmith_run  # routed once the worker has read the run (READ_RUN)
     routed = None if from_run else rt.router.route(review_id, request)
@@ -116,20 +124,29 @@ def _create(session: Session, rt: Runtime, request: ReviewRequest, *, api_key: s
         request_hash=digest,
         route_reason=routed.reason if routed else "waiting for the LangSmith run to be read",
     )
+    return review, routed
+
+
+def _create(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
     session.add(review)
-    audit.record(session, "review.submitted", actor=f"api_key:{api_key}", review_id=review_id, title=request.title)
-    if from_run:
-        outbox.enqueue(session, review_id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
-        return review
-    route_review(session, rt, review, request, routed)
-    return review
+    submitted_by = f"api_key:{review.api_key_name}"
+    if routed is None:
+        audit.record(session, "review.submitted", actor=submitted_by, review_id=review.id, title=request.title)
+        outbox.enqueue(session, review.id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
+        return
+    route_review(session, rt, review, request, routed, submitted_by=submitted_by)
 
 
-def route_review(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
-    """Send a new review where its route says (also once a LangSmith run has filled it in)."""
+def route_review(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any, *,
+                 submitted_by: str | None = None) -> None:
+    """Send a new review where its route says (also once a LangSmith run has filled it in).
+    ``submitted_by``: routed as it is submitted, so one ``review.submitted`` event carries
+    the route too (one audit append per submit instead of two)."""
     review_id = review.id
     review.route_reason = routed.reason
     if routed.route is None:
+        if submitted_by:
+            audit.record(session, "review.submitted", actor=submitted_by, review_id=review_id, title=request.title, route=None)
         auto = [Decision(type="approve") for _ in request.action_requests]
         apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=routed.reason)
         return
@@ -146,7 +163,11 @@ def route_review(session: Session, rt: Runtime, review: Review, request: ReviewR
 
         schedule_sla(session, review, mapping)
     outbox.enqueue(session, review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
-    audit.record(session, "review.routed", actor="bridge", review_id=review_id, route=route.name, mode=route.mode, mapping=mapping.name)
+    where = {"route": route.name, "mode": route.mode, "mapping": mapping.name}
+    if submitted_by:
+        audit.record(session, "review.submitted", actor=submitted_by, review_id=review_id, title=request.title, **where)
+    else:
+        audit.record(session, "review.routed", actor="bridge", review_id=review_id, **where)
     if route.mode == "shadow":
         auto = [Decision(type="approve") for _ in request.action_requests]
         apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=f"shadow route {route.name!r}: the agent is not held")
@@ -239,20 +260,26 @@ def get(rt: Runtime, review_id: str) -> ReviewOut:
 def _job_state(job: Job | None) -> DeliveryState:
     if job is None:
         return DeliveryState(state="not_needed")
-    state = {"pending": "pending", "running": "pending", "done": "delivered", "dead": "dead", "discarded": "dead", "cancelled": "cancelled"}[job.state]
+    state = {"pending": "pending", "running": "pending", "done": "delivered", "dead": "dead", "discarded": "dead",
+             "cancelled": "cancelled", "undeliverable": "undeliverable"}[job.state]
     return DeliveryState(
         state=state, attempts=job.attempts, last_error=job.last_error, delivered_at=job.finished_at if job.state == "done" else None
     )
 
 
-def to_out(session: Session, review: Review, *, jobs: dict[str, Job] | None = None) -> ReviewOut:
-    """``jobs``: the review's delivery and reply jobs by kind, when the caller read them."""
+def to_out(session: Session | None, review: Review, *, jobs: dict[str, Job] | None = None,
+           request: ReviewRequest | None = None) -> ReviewOut:
+    """``jobs``: the review's delivery and reply jobs by kind, and ``request``: its parsed
+    request, when the caller has them."""
     if jobs is None:
         jobs = {
             job.kind: job
-            for job in session.execute(select(Job).where(Job.review_id == review.id, Job.kind.in_((DELIVER, POST_REPLY)))).scalars()
+            for job in session.execute(
+                select(Job).where(Job.review_id == review.id, Job.kind.in_((DELIVER, POST_REPLY))).order_by(Job.id)
+            ).scalars()  # the newest of each kind (a reversed decision is delivered again)
         }
-    request = ReviewRequest.model_validate(review.request)
+    if request is None:
+        request = ReviewRequest.model_validate(review.request)
     if request.resume is None:
         delivery = DeliveryState(state="delivered", delivered_at=review.delivered_at) if review.delivered_at else DeliveryState(state="pending")
     else:
@@ -302,7 +329,7 @@ def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit
         jobs: dict[str, dict[str, Job]] = {r.id: {} for r in rows[:limit]}
         if jobs:
             for job in session.execute(
-                select(Job).where(Job.review_id.in_(list(jobs)), Job.kind.in_((DELIVER, POST_REPLY)))
+                select(Job).where(Job.review_id.in_(list(jobs)), Job.kind.in_((DELIVER, POST_REPLY))).order_by(Job.id)
             ).scalars():
                 jobs[job.review_id][job.kind] = job
         items = [to_out(session, r, jobs=jobs[r.id]) for r in rows[:limit]]
@@ -324,7 +351,8 @@ def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Review, bool]:
             row = session.get(Review, review_id, with_for_update=True)
             if row.delivered_at is None:
                 row.delivered_at = utcnow()
-                audit.record(session, "decision.delivered", actor="bridge", review_id=row.id, via="long_poll")
+                audit.record(session, "decision.delivered", actor="bridge", review_id=row.id, via="long_poll",
+                             version=(row.decision or {}).get("version", 1))
     return review, ready
 
 
@@ -352,38 +380,36 @@ def cancel(rt: Runtime, review_id: str, *, api_key: str) -> ReviewOut:
 # ----- webhooks --------------------------------------------------------------------
 
 
+_MATCH_TICKET = (
+    select(Review.id, Review.status, Review.route_mode, Review.shadow_decision)
+    .where(Review.ticket_connection == bindparam("connection"), Review.ticket_key == bindparam("key"))
+    .order_by(Review.id.desc())
+    .limit(1)
+)
+_PENDING_SYNC = select(Job.id).where(Job.review_id == bindparam("review_id"), Job.kind == SYNC, Job.state == "pending").limit(1)
+_WEBHOOK_EVENTS = WebhookEvent.__table__
+
+
 def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> dict[str, Any]:
     """Record verified events once and queue a read-back of each ticket they name."""
     outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
     with rt.db.transaction() as session:
+        connection_ = session.connection()
         for event in events:
-            review = session.execute(
-                select(Review)
-                .where(Review.ticket_connection == connection, Review.ticket_key == event.ticket_key)
-                .order_by(Review.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
+            # the few columns needed, not the review's large JSON columns (the ack's hot path)
+            review = connection_.execute(_MATCH_TICKET, {"connection": connection, "key": event.ticket_key}).first()
             if review is None:
                 outcome["unknown"] += 1
                 continue
-            if session.execute(
-                select(WebhookEvent.id).where(WebhookEvent.connection == connection, WebhookEvent.event_id == event.event_id)
-            ).first():
-                outcome["duplicate"] += 1
-                continue
-            try:  # the same event delivered twice at once: one insert wins, the other is a duplicate
-                with session.begin_nested():
-                    session.add(WebhookEvent(connection=connection, event_id=event.event_id, ticket_key=event.ticket_key))
-            except IntegrityError:
-                outcome["duplicate"] += 1
+            if insert_once(session, _WEBHOOK_EVENTS, {"connection": connection, "event_id": event.event_id,
+                                                     "ticket_key": event.ticket_key, "received_at": utcnow()}) is None:
+                outcome["duplicate"] += 1  # also when the same event arrives twice at once: one insert wins
                 continue
             waiting = review.status == Status.open or (review.route_mode == "shadow" and review.shadow_decision is None)
             if not waiting:
                 outcome["ignored"] += 1
                 continue
-            pending = session.execute(
-                select(Job.id).where(Job.review_id == review.id, Job.kind == SYNC, Job.state == "pending")
-            ).first()
+            pending = connection_.execute(_PENDING_SYNC, {"review_id": review.id}).first()
             if pending is None:
                 outbox.enqueue(session, review.id, SYNC, dedupe_key=f"sync:{review.id}:{event.event_id}")
             outcome["accepted"] += 1

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 DecisionType = Literal["approve", "edit", "reject", "respond"]
 DECISION_TYPES: tuple[str, ...] = ("approve", "edit", "reject", "respond")
@@ -163,8 +163,21 @@ class DecisionRecord(BaseModel):
     reviewer: Reviewer | None = None
     decided_at: datetime
     ticket: "TicketOut | None" = None
-    source: Literal["ticket", "route", "expiry", "shadow"] = "ticket"
+    source: Literal["ticket", "route", "expiry", "shadow", "reversal"] = "ticket"
     reason: str | None = None
+    version: int = Field(default=1, ge=1, description="1 for the first decision; each reversal adds one.")
+    supersedes: int | None = Field(default=None, description="The version a reversal replaced.")
+
+
+class DecisionReversal(Strict):
+    """An admin's new decision for a decided review (``POST /v1/reviews/{id}/decision``)."""
+
+    decisions: list[Decision] = Field(
+        min_length=1, max_length=50, description="The new decision, one per action request, checked as a reviewer's is."
+    )
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)] = Field(
+        description="Why the decision is reversed: audited, and posted on the ticket."
+    )
 
 
 class TicketOut(BaseModel):
@@ -175,7 +188,8 @@ class TicketOut(BaseModel):
 
 
 class DeliveryState(BaseModel):
-    state: Literal["not_needed", "pending", "delivered", "dead", "cancelled"]
+    state: Literal["not_needed", "pending", "delivered", "dead", "cancelled", "undeliverable"]
+    """``undeliverable``: a reversed decision for a LangGraph thread the first one already resumed."""
     attempts: int = 0
     last_error: str | None = None
     delivered_at: datetime | None = None

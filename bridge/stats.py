@@ -25,12 +25,12 @@ from .schemas import Decision
 def _human(review: Review) -> tuple[str | None, float | None]:
     """(the human's overall decision type, seconds to it), or (None, None)."""
     record = review.shadow_decision if review.route_mode == "shadow" else review.decision
-    if not record or record.get("source") != "ticket":
+    if not record or record.get("source") not in ("ticket", "reversal"):
         return None, None
     kind = overall_type([Decision.model_validate(d) for d in record.get("decisions") or []])
     decided_at = record.get("decided_at")
     seconds = None
-    if decided_at and review.created_at:
+    if decided_at and review.created_at and record.get("source") == "ticket":  # an admin's reversal: its type, not its time
         when = datetime.fromisoformat(decided_at) if isinstance(decided_at, str) else decided_at
         seconds = max(0.0, (when - review.created_at).total_seconds())
     return kind, seconds

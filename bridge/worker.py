@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import httpx2
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -204,7 +205,8 @@ class Worker:
 
     # ----- helpers ---------------------------------------------------------------------
     def _load(self, review_id: str) -> Review:
-        with self.rt.db.transaction() as session:
+        # a read snapshot: a job's first look queues behind no writer (webhook acks are writers)
+        with self.rt.db.read() as session:
             review = session.get(Review, review_id)
             session.expunge(review)
             return review
@@ -294,36 +296,64 @@ class Worker:
         if review.decision is None or request.resume is None:
             return self._finish(job)
         record = DecisionRecord.model_validate(review.decision)
+        if record.version > job.payload.get("version", 1):
+            return self._finish(job)  # reversed since it was queued: the new version's job delivers that
         if request.resume.callback_url is not None:
             self._post_callback(str(request.resume.callback_url), review, record)
         else:
-            from .langgraph import api_key_for, resume_thread  # optional path, imported only when used
+            from .langgraph import AlreadyResumed, api_key_for, resume_thread  # optional path, imported only when used
 
             target = request.resume.langgraph
-            resume_thread(target, record, api_key=api_key_for(self.rt.settings, str(target.url)))
+            try:
+                if record.version > 1 and review.delivered_at is not None:
+                    raise AlreadyResumed(f"thread {target.thread_id} was resumed with an earlier version of this decision")
+                resume_thread(target, record, api_key=api_key_for(self.rt.settings, str(target.url)), review_id=review.id)
+            except AlreadyResumed as exc:
+                if record.version == 1:
+                    raise
+                return self._undeliverable(job, record, f"{exc}; a LangGraph thread cannot be resumed twice")
 
         def apply(session: Session, row: Review) -> None:
             row.delivered_at = utcnow()
-            audit.record(session, "decision.delivered", actor="bridge", review_id=row.id,
+            audit.record(session, "decision.delivered", actor="bridge", review_id=row.id, version=record.version,
                          via="callback" if request.resume.callback_url else "langgraph", attempts=job.attempts)
             if row.ticket_key and row.route_mode != "shadow":
-                outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"delivered:{row.id}",
-                               payload={"body": f"hitl-bridge: the decision ({row.status}) reached the agent."})
+                what = row.status if record.version == 1 else f"{row.status}, version {record.version}"
+                outbox.enqueue(session, row.id, reviews.COMMENT,
+                               dedupe_key=f"delivered:{row.id}" + (f":v{record.version}" if record.version > 1 else ""),
+                               payload={"body": f"hitl-bridge: the decision ({what}) reached the agent."})
 
         self._finish(job, apply)
 
+    def _undeliverable(self, job: Job, record: DecisionRecord, why: str) -> None:
+        """A reversed decision the agent can no longer take: recorded and said on the ticket,
+        not retried (the job ends ``undeliverable``)."""
+        with self.rt.db.transaction() as session:
+            session.execute(update(Job).where(Job.id == job.id).values(
+                state="undeliverable", finished_at=utcnow(), locked_until=None, last_error=why[:2000]))
+            review = session.get(Review, job.review_id)
+            audit.record(session, "decision.undeliverable", actor="bridge", review_id=review.id, version=record.version, why=why)
+            if review.ticket_key:
+                outbox.enqueue(session, review.id, reviews.COMMENT, dedupe_key=f"undeliverable:{review.id}:v{record.version}",
+                               payload={"body": f"hitl-bridge: the reversed decision (version {record.version}) "
+                                                f"could not be sent to the agent: {why}."})
+        log.warning("decision.undeliverable", extra={"job_id": job.id, "version": record.version})
+
     def _post_callback(self, url: str, review: Review, record: DecisionRecord) -> None:
-        body = json.dumps(
-            {
-                "type": "review.decided",
-                "review_id": review.id,
-                "status": review.status,
-                "decisions": [d.as_langchain() for d in record.decisions],
-                "decision": record.model_dump(mode="json"),
-            },
-            separators=(",", ":"),
-        )
-        message_id = f"msg_{review.id}"  # stable across retries: agents deduplicate on it
+        """Standard Webhooks: one ``webhook-id`` per decision version, stable across retries
+        (agents deduplicate on it): ``msg_<review>`` for the first, ``msg_<review>_v<N>`` after."""
+        payload = {
+            "type": "review.decided" if record.version == 1 else "review.decision_reversed",
+            "review_id": review.id,
+            "status": review.status,
+            "version": record.version,
+            "decisions": [d.as_langchain() for d in record.decisions],
+            "decision": record.model_dump(mode="json"),
+        }
+        if record.version > 1:
+            payload.update(supersedes=record.supersedes, reason=record.reason)
+        body = json.dumps(payload, separators=(",", ":"))
+        message_id = f"msg_{review.id}" if record.version == 1 else f"msg_{review.id}_v{record.version}"
         timestamp = datetime.now(tz=utcnow().tzinfo)
         signature = Webhook(self.rt.callback_secret).sign(message_id, timestamp, body)
         headers = {
@@ -375,8 +405,8 @@ class Worker:
         connector = self._connector(review.ticket_connection)
         mapping = reviews.snapshot_mapping(review)
         body = redact_value(job.payload["body"], mapping.redaction if mapping else RedactionSpec())
-        comments = connector.get_ticket(review.ticket_key).comments
-        if not any(c.by_bridge and c.body.strip() == body.strip() for c in comments):
+        if not _maybe_done(job) or not any(c.by_bridge and c.body.strip() == body.strip()
+                                           for c in connector.get_ticket(review.ticket_key).comments):
             connector.add_comment(review.ticket_key, body, public=bool(job.payload.get("public", False)))
         self._finish(job)
 
@@ -419,6 +449,13 @@ class Worker:
                                payload={"body": f"hitl-bridge: {sla.message} Applied: {sla.on_expire}."})
 
         self._finish(job, apply)
+
+
+def _maybe_done(job: Job) -> bool:
+    """Whether an earlier attempt of this job may have done its work already: only then is
+    the ticket read to look. Claiming counts each attempt, and a failed or released one
+    leaves its ``last_error``, so a job's first run never needs to."""
+    return job.attempts > 1 or job.last_error is not None
 
 
 def _waiting(review: Review) -> bool:

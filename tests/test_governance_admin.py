@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
@@ -109,19 +111,114 @@ def test_rate_limit_gives_a_clear_429_with_retry_after(bridge):
     assert submit_with(bridge, other, **plain()).status_code == 201  # per key, not global
 
 
-def test_rate_limiter_window_slides():
-    from bridge.keys import RateLimitedError, RateLimiter
+def test_rate_window_is_fixed_shared_and_pruned(tmp_path):
+    """The count lives in the database: one window per key and minute, the 429's Retry-After
+    runs to the window's end, a refused submission is not counted, and a key's first
+    submission in a new window removes its older windows."""
+    from bridge.keys import RateLimitedError, count_submission
+    from bridge.migrate import upgrade
+    from bridge.models import RateWindow
 
-    now = [0.0]
-    limiter = RateLimiter(clock=lambda: now[0])
-    limiter.check("k", 2)
-    now[0] = 30
-    limiter.check("k", 2)
-    with pytest.raises(RateLimitedError) as refused:
-        limiter.check("k", 2)
-    assert refused.value.headers["Retry-After"] == "30"
-    now[0] = 60.5
-    limiter.check("k", 2)
+    url = f"sqlite:///{tmp_path / 'rate.db'}"
+    upgrade(url)
+    db = Database(url)
+
+    def submit(at: float, name: str = "k") -> None:
+        with db.transaction() as session:
+            count_submission(session, name, 2, now=at)
+
+    try:
+        submit(120.0)
+        submit(150.0)
+        submit(150.0, name="other")  # per key
+        for _ in range(2):
+            with pytest.raises(RateLimitedError) as refused:
+                submit(170.0)
+            assert refused.value.headers["Retry-After"] == "10"
+        submit(180.5)  # the next minute
+        submit(181.0)
+        with pytest.raises(RateLimitedError):
+            submit(182.0)
+        with db.transaction() as session:
+            rows = {(r.key_name, r.window_start): r.count for r in session.execute(select(RateWindow)).scalars()}
+        assert rows == {("k", 180): 2, ("other", 120): 1}
+    finally:
+        db.dispose()
+
+
+def test_rate_limit_is_shared_by_every_instance(tmp_path):
+    """Two ``hitl-bridge serve`` processes on one database, a key allowed 3 reviews a minute:
+    of 8 submissions spread over both, exactly 3 are accepted, the rest get a 429."""
+    from bridge.config import ApiKey, hash_api_key
+    from procs import Proc
+
+    limit, token = 3, "limited-key-0123456789"
+    bridge = Bridge(tmp_path)
+    limited = ApiKey(name="limited-shared", hash=hash_api_key(token), scopes=["reviews:write"], rate_limit_per_minute=limit)
+    bridge.settings = bridge.settings.model_copy(update={"api_keys": [*bridge.settings.api_keys, limited]})
+    config = bridge.config_file()
+    servers = [Proc(config, tmp_path / f"serve{n}.log", worker=False) for n in range(2)]
+    try:
+        servers[0].start()  # migrates the database first
+        servers[1].start()
+        if time.time() % 60 > 45:  # all in one minute's window
+            time.sleep(60.5 - time.time() % 60)
+
+        def submit(n: int) -> httpx2.Response:
+            with httpx2.Client(base_url=servers[n % 2].url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+                return client.post("/v1/reviews", json=bridge.review_body(**plain(title=f"Refund #{n}")))
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(submit, range(limit + 5)))
+        assert sorted(r.status_code for r in responses) == [201] * limit + [429] * 5
+        assert [submit(0).status_code, submit(1).status_code] == [429, 429]  # on either instance
+        for refused in (r for r in responses if r.status_code == 429):
+            assert refused.json()["error"]["code"] == "rate_limited" and 1 <= int(refused.headers["retry-after"]) <= 60
+            assert "may submit 3 reviews a minute" in refused.json()["error"]["message"]
+    finally:
+        for proc in servers:
+            proc.terminate()
+        bridge.stop()
+
+
+# ----- the admin page with database keys ------------------------------------------------------
+
+
+@contextmanager
+def sign_in(bridge, key: str):
+    """A browser that posted ``key`` to the sign-in form: (its client, the form's answer)."""
+    with httpx2.Client(base_url=bridge.url, timeout=30) as client:
+        yield client, client.post("/admin/login", data={"api_key": key})
+
+
+def test_database_admin_key_signs_in_to_the_admin_page_until_revoked(bridge):
+    key = new_key(bridge, "ops-admin", "--scope", "admin")
+    with sign_in(bridge, key) as (browser, answer):
+        assert answer.status_code == 303 and answer.headers["location"] == "/admin"
+        page = browser.get("/admin")
+        assert page.status_code == 200 and "signed in with key <strong>ops-admin</strong>" in page.text
+        assert browser.get("/v1/admin/queue").status_code == 200  # the session works for the page's API calls too
+        assert cli(bridge, "keys", "revoke", "ops-admin").exit_code == 0
+        after = browser.get("/admin")
+        assert after.status_code == 303 and after.headers["location"] == "/admin/login"
+        assert browser.get("/v1/admin/queue").status_code == 401
+    with sign_in(bridge, key) as (_, again):
+        assert again.status_code == 401 and "not an admin API key" in again.text
+
+
+def test_expired_or_non_admin_database_keys_cannot_sign_in(bridge):
+    agent = new_key(bridge, "page-agent", "--scope", "reviews:write")
+    with sign_in(bridge, agent) as (browser, answer):
+        assert answer.status_code == 401 and "not an admin API key" in answer.text
+        assert "hitl_admin" not in browser.cookies
+    short = new_key(bridge, "page-short", "--scope", "admin", "--expires-in-days", "0.00002")  # under 2 s
+    with sign_in(bridge, short) as (browser, answer):
+        assert answer.status_code == 303
+        assert browser.get("/admin").status_code == 200
+        time.sleep(2.0)
+        assert browser.get("/admin").status_code == 303  # the session ends with the key
+    with sign_in(bridge, short) as (_, late):
+        assert late.status_code == 401 and "expired" in late.text
 
 
 # ----- content policy detectors -----------------------------------------------------------

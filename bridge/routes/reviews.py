@@ -1,4 +1,4 @@
-"""/v1/reviews: submit, read, long-poll, cancel, list."""
+"""/v1/reviews: submit, read, long-poll, cancel, list, and an admin's reversal of a decision."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from .. import reviews
-from ..deps import ReadKey, RuntimeDep, SubmitKey, WriteKey
-from ..schemas import DecisionRecord, DecisionWaitOut, ErrorOut, ReviewOut, ReviewPage, ReviewRequest, Status
+from .. import reversal, reviews
+from ..deps import AdminKey, ReadKey, RuntimeDep, WriteKey
+from ..schemas import DecisionRecord, DecisionReversal, DecisionWaitOut, ErrorOut, ReviewOut, ReviewPage, ReviewRequest, Status
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
 ERRORS = {r: {"model": ErrorOut} for r in (400, 401, 403, 404, 409, 413, 422, 429)}
@@ -23,11 +23,13 @@ ReviewId = Annotated[str, Path(pattern=r"^rev_[0-9a-f]{28}$", description="The r
 def submit_review(
     body: ReviewRequest,
     rt: RuntimeDep,
-    key: SubmitKey,
+    key: WriteKey,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ReviewOut:
-    review, created = reviews.submit(rt, body, api_key=key.name, idempotency_key=idempotency_key)
+    """429 with Retry-After beyond the key's submissions a minute (counted across instances)."""
+    review, created = reviews.submit(rt, body, api_key=key.name, idempotency_key=idempotency_key,
+                                     rate_limit=key.rate_limit_per_minute)
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/reviews/{review.id}"
@@ -80,3 +82,13 @@ async def wait_for_decision(
 @router.post("/{review_id}/cancel", response_model=ReviewOut, responses=ERRORS)
 def cancel_review(review_id: ReviewId, rt: RuntimeDep, key: WriteKey) -> ReviewOut:
     return reviews.cancel(rt, review_id, api_key=key.name)
+
+
+@router.post("/{review_id}/decision", response_model=ReviewOut, responses=ERRORS)
+def reverse_decision(review_id: ReviewId, body: DecisionReversal, rt: RuntimeDep, key: AdminKey) -> ReviewOut:
+    """Admins: reverse a decided review's decision with a new one (checked as a reviewer's
+    is) and a reason. The decision gets the next ``version``; the audit trail keeps both; the
+    agent is sent the new version (callback ``type: review.decision_reversed`` with a new
+    ``webhook-id``; a LangGraph thread resumed already cannot be resumed again, so that
+    delivery is recorded as ``undeliverable``); the ticket gets a comment. 409 unless decided."""
+    return reversal.reverse_review(rt, review_id, body, actor=f"api_key:{key.name}")
