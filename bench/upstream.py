@@ -70,8 +70,12 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     naive_db = Database(workdir, "upstream_naive", server_url)
     upstream.configure(latency_ms=0, rate_limit_per_second=0)
     settings = bridge_settings(bridge_db.url, upstream, workdir)
-    bridge = start_bridge(settings, workdir, worker=True, name="upstream-bridge")
     naive = start_app("naive", workdir, database_url=naive_db.url, config=write_config(settings, workdir / "naive.yaml"))
+    # The bridge's connection is told the vendor's documented limit (rate_limit_per_second),
+    # as an admin would configure it; the naive design has no such setting.
+    paced = settings.connections["jira"].model_copy(update={"rate_limit_per_second": rate_limit})
+    settings = settings.model_copy(update={"connections": {"jira": paced}})
+    bridge = start_bridge(settings, workdir, worker=True, name="upstream-bridge")
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
 

@@ -41,6 +41,10 @@ class ConnectionConfig(BaseModel):
         default=None, description="PEM file of extra certificate authorities to trust."
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0,
+        description="Pace this worker's calls to the system under its API rate limit (per worker process).",
+    )
 
     @field_validator("base_url")
     @classmethod

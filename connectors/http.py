@@ -10,7 +10,10 @@ this one makes them behave the way the bridge needs, in one place:
 * ``close()`` closes pooled sockets (urllib3 2.8's ``PoolManager.clear()`` only forgets
   them, leaving keep-alive TLS sockets to the garbage collector);
 * each thread's last response is remembered, for libraries whose exceptions drop the
-  headers (Retry-After).
+  headers (Retry-After);
+* with a connection's ``rate_limit_per_second``, calls are paced under the vendor's API
+  limit (requests-ratelimiter's token bucket), so a backlog drains at that rate instead of
+  in a storm of 429s. ``pace`` does the same for clients with their own session (jira).
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ import threading
 
 import requests
 from requests.adapters import HTTPAdapter
+from pyrate_limiter import Limiter
+from requests_ratelimiter import LimiterAdapter
 
 
 class PinnedSession(requests.Session):
     timeout: float = 30.0
 
-    def pin(self, *, timeout: float, ca_bundle: str | None) -> "PinnedSession":
-        """Set the timeout and bundle and drop transport retries; returns self (usable on
-        subclasses that mix in other sessions, e.g. OAuth2Session)."""
+    def pin(self, *, timeout: float, ca_bundle: str | None, per_second: float | None = None,
+            name: str = "") -> "PinnedSession":
+        """Set the timeout and bundle, drop transport retries, pace connection ``name`` to
+        ``per_second``; returns self (usable on subclasses that mix in other sessions, e.g.
+        OAuth2Session)."""
         self.timeout = timeout
         self.verify = ca_bundle or True
-        for prefix in ("http://", "https://"):
-            self.mount(prefix, HTTPAdapter(max_retries=0))
+        pace(self, per_second, name=name)
         return self
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
@@ -61,3 +67,23 @@ class PinnedSession(requests.Session):
         if local is None:
             local = self.__dict__.setdefault("_local", threading.local())
         return local
+
+
+def pace(session: requests.Session, per_second: float | None, *, name: str = "") -> None:
+    """Mount adapters without transport retries that hold each call until connection
+    ``name`` is under ``per_second``. The bucket is shared by every session paced under
+    that name in this process (the bridge has one connector per thread); None: unpaced."""
+    if not per_second:
+        adapter: HTTPAdapter = HTTPAdapter(max_retries=0)
+    else:
+        with _PACING_LOCK:
+            limiter = _LIMITERS.get((name, per_second))
+            if limiter is None:  # the library's own limiter for this rate, kept for every session
+                limiter = _LIMITERS[(name, per_second)] = LimiterAdapter(per_second=per_second, per_host=False).limiter
+        adapter = LimiterAdapter(limiter=limiter, per_host=False, bucket_name=f"connection:{name}", max_retries=0)
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+
+
+_PACING_LOCK = threading.Lock()
+_LIMITERS: dict[tuple[str, float], Limiter] = {}

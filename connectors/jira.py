@@ -20,6 +20,7 @@ import requests
 from jira import JIRA, JIRAError
 from pydantic import Field, SecretStr
 
+from .http import pace
 from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
@@ -155,6 +156,7 @@ class JiraConnector:
                 get_server_info=True,
                 logging=False,
             )
+            pace(self._client._session, self.config.rate_limit_per_second, name=self.config.name)
         return self._client
 
     def _ref(self, issue_id: Any, key: str) -> TicketRef:
