@@ -19,6 +19,7 @@ this one makes them behave the way the bridge needs, in one place:
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,6 +39,11 @@ class PinnedSession(requests.Session):
         self.verify = ca_bundle or True
         pace(self, per_second, name=name)
         return self
+
+    def pin_to(self, config: Any) -> "PinnedSession":
+        """``pin`` with a connection's settings (a ``ConnectionConfig``)."""
+        return self.pin(timeout=config.timeout_seconds, ca_bundle=config.ca_bundle,
+                        per_second=config.rate_limit_per_second, name=config.name)
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = kwargs.get("timeout") or self.timeout

@@ -50,6 +50,8 @@ INCIDENT_STATES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolve
                    "8": "Canceled"}
 """Fallback when ``sys_choice`` cannot be read (the well-known incident codes)."""
 TIMESTAMP_HEADER, SIGNATURE_HEADER = "X-Hitl-Timestamp", "X-Hitl-Signature"
+GROUP_PAGE, GROUP_PAGES = 100, 50
+"""``sys_user_grmember`` rows per request, and at most this many requests for one user."""
 
 
 class ServiceNowConfig(ConnectionConfig):
@@ -141,7 +143,7 @@ class ServiceNowConnector:
             if self.config.oauth_client_id:
                 session = self._oauth_session()
             else:
-                session = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
+                session = PinnedSession().pin_to(self.config)
                 session.auth = (self.config.username, self.config.password.get_secret_value())
             self._session = session
             self._client = pysnow.Client(host=parts.netloc + parts.path, use_ssl=parts.scheme == "https",
@@ -161,7 +163,7 @@ class ServiceNowConnector:
                                auto_refresh_url=token_url,
                                auto_refresh_kwargs={"client_id": self.config.oauth_client_id, "client_secret": secret},
                                token_updater=lambda token: None)
-        session.pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
+        session.pin_to(self.config)
         try:
             session.fetch_token(token_url=token_url, username=self.config.username,
                                 password=self.config.password.get_secret_value(),
@@ -183,9 +185,11 @@ class ServiceNowConnector:
         except Exception as exc:  # translated once, here
             raise translate(exc, operation) from exc
 
-    def _query(self, table: str, query: str, *, limit: int = 100, display: bool | str = False) -> list[dict]:
+    def _query(self, table: str, query: str, *, limit: int = 100, display: bool | str = False,
+               offset: int = 0, fields: Sequence[str] = ()) -> list[dict]:
         try:
-            return list(self._table(table).get(query=query, limit=limit, display_value=display).all())
+            return list(self._table(table).get(query=query, limit=limit, offset=offset, fields=list(fields),
+                                               display_value=display).all())
         except requests.HTTPError as exc:
             if exc.response is not None and exc.response.status_code == 404:
                 return []  # old instances (and /v1) answer an empty list with 404
@@ -340,6 +344,39 @@ class ServiceNowConnector:
                 return self._comment(rows[0])
         return Comment(id=f"{sys_id}:{element}", body=body, author=Person(id=self.config.username),
                        public=public, by_bridge=True)
+
+    def groups_of(self, person: Person) -> set[str]:
+        """Names of the active groups ``person`` is a member of (``sys_user_grmember``).
+
+        ``person.id`` is a ``user_name`` (what ``sys_audit`` and ``sys_updated_by`` hold) or a
+        ``sys_user`` sys_id; an unknown user belongs to no group. Memberships are read at each
+        call, never cached, so a change in ServiceNow takes effect at the next decision."""
+        with self._calling("groups_of"):
+            user = self._user_sys_id(person.id)
+            if user is None:
+                return set()
+            names: set[str] = set()
+            seen: set[str] = set()
+            for page in range(GROUP_PAGES):
+                rows = self._query("sys_user_grmember", f"user={user}", limit=GROUP_PAGE, offset=page * GROUP_PAGE,
+                                   fields=("sys_id", "user", "group.name", "group.active"))
+                fresh = [r for r in rows if _value(r.get("sys_id")) not in seen]
+                seen.update(_value(r.get("sys_id")) for r in fresh)
+                # The instance ignores a query term it cannot read: check the user ourselves.
+                names.update(str(r["group.name"]) for r in fresh if _value(r.get("user")) == user
+                             and r.get("group.name") and r.get("group.active") != "false")
+                if len(rows) < GROUP_PAGE or not fresh:
+                    break
+            return names
+
+    def _user_sys_id(self, ident: str) -> str | None:
+        """The sys_id of the ``sys_user`` whose user_name (or sys_id) is ``ident``."""
+        if not ident:
+            return None
+        field = "sys_id" if SYS_ID.match(ident) else "user_name"
+        rows = self._query("sys_user", f"{field}={ident}", limit=1, fields=("sys_id", "user_name"))
+        match = next((r for r in rows if r.get(field) == ident), None)
+        return str(match["sys_id"]) if match else None
 
     # ----- admin: preview and doctor ---------------------------------------------
     def plan_requests(

@@ -3,8 +3,8 @@
 Review tickets are stamped with ``external_id = review_id`` and the tag ``hitl_<review_id>``
 so a retried create finds the first ticket instead of making a second. Decisions are read
 back from the ticket (status, tags, ``custom_fields``) and its audits (who changed them).
-Webhooks arrive either from a trigger (the JSON body in ``RECOMMENDED_WEBHOOK_BODY``) or
-from an event subscription (``zen:event-type:ticket.*``); both are HMAC-signed by Zendesk.
+Webhooks (trigger or event subscription, both HMAC-signed by Zendesk) are verified and parsed
+in ``zendesk_webhooks``.
 
 zenpy builds ``https://{subdomain}.{domain}/api/v2`` URLs. Instead of its process-global
 ``ZENPY_FORCE_NETLOC`` override, each connector splits its own ``base_url`` into that
@@ -15,12 +15,9 @@ different hosts live side by side in one process.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -30,7 +27,6 @@ from zenpy import Zenpy
 from zenpy.lib.api import BaseApi
 from zenpy.lib.api_objects import Comment as ZenpyComment
 from zenpy.lib.api_objects import Ticket as ZenpyTicket
-from zenpy.lib.api_objects import Trigger, Webhook
 from zenpy.lib.exception import APIException, ZenpyException
 
 from .http import PinnedSession
@@ -42,34 +38,12 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
-    WebhookVerificationError,
 )
-from .signing import check_timestamp, hmac_sha256_b64, verify_signature
+from .zendesk_webhooks import RECOMMENDED_WEBHOOK_BODY, ensure_webhook_and_trigger, parse_webhook
+from .zendesk_webhooks import parse_time as _parse_time
 
-SIGNATURE_HEADER = "x-zendesk-webhook-signature"
-TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
-INVOCATION_HEADER = "x-zendesk-webhook-invocation-id"
-
-# The body a trigger's "Notify active webhook" action should send (docs/zendesk.md).
-RECOMMENDED_WEBHOOK_BODY = {
-    "ticket_id": "{{ticket.id}}",
-    "external_id": "{{ticket.external_id}}",
-    "status": "{{ticket.status}}",
-    "tags": "{{ticket.tags}}",
-    "updated_at": "{{ticket.updated_at_with_timestamp}}",
-    "event": "ticket_updated",
-}
 # Audit fields whose change can be a decision (custom fields appear as their numeric id).
 DECIDING_AUDIT_FIELDS = {"status", "tags"}
-EVENT_KINDS = {
-    "status_changed": "status_changed",
-    "comment_added": "comment_added",
-    "created": "created",
-    "ticket_created": "created",
-    "deleted": "deleted",
-    "soft_deleted": "deleted",
-    "permanently_deleted": "deleted",
-}
 
 
 class ZendeskConfig(ConnectionConfig):
@@ -188,17 +162,6 @@ def _close_response(response: Any) -> None:
             response.raw.close()
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _present(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level fields minus those that rendered to nothing (None or blank text)."""
     return {k: v for k, v in fields.items() if v is not None and not (isinstance(v, str) and not v.strip())}
@@ -226,7 +189,7 @@ class ZendeskConnector:
         """zenpy on our own session: TLS bundle, no transport retries, 429 raised not slept."""
         if self._zenpy is None:
             scheme, subdomain, domain = _split_base_url(self.config.base_url)
-            session = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
+            session = PinnedSession().pin_to(self.config)
             session.hooks["response"].append(_raise_on_429)
             client = Zenpy(subdomain=subdomain, domain=domain, email=self.config.email,
                            token=self.config.api_token.get_secret_value(), session=session,
@@ -338,6 +301,19 @@ class ZendeskConnector:
         return Comment(id=str(event.get("id") or ""), body=body, author=author, public=public,
                        created=_parse_time(_as_dict(audit.audit).get("created_at")), by_bridge=True)
 
+    def groups_of(self, person: Person) -> set[str]:
+        """Names of the Zendesk groups an agent belongs to (``GET /api/v2/users/{id}/groups.json``,
+        every page). An end user, an unknown or deleted user belongs to no group. Read at each
+        call, never cached, so a change in Zendesk takes effect at the next decision."""
+        if not str(person.id).isdigit():
+            return set()
+        try:
+            with self._calling("groups_of"):
+                groups = [_as_dict(g) for g in self.client.users.groups(int(person.id))]
+        except RemoteNotFoundError:
+            return set()
+        return {str(g["name"]) for g in groups if g.get("name") and not g.get("deleted")}
+
     # ----- admin: preview and doctor ---------------------------------------------
     def plan_requests(
         self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
@@ -420,33 +396,7 @@ class ZendeskConnector:
         return problems
 
     def verify_and_parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        stamp = lowered.get(TIMESTAMP_HEADER)
-        if not stamp:
-            raise WebhookVerificationError(f"missing timestamp header {TIMESTAMP_HEADER}")
-        verify_signature(lowered.get(SIGNATURE_HEADER), self.config.secrets(),
-                         lambda secret: hmac_sha256_b64(secret, stamp.encode() + raw_body), header=SIGNATURE_HEADER)
-        occurred = check_timestamp(stamp, tolerance=self.config.webhook_tolerance_seconds)
-        try:
-            body = json.loads(raw_body)
-        except ValueError as exc:
-            raise WebhookVerificationError("webhook body is not JSON") from exc
-        if not isinstance(body, dict):
-            raise WebhookVerificationError("webhook body is not a JSON object")
-        event_id = lowered.get(INVOCATION_HEADER)
-        if str(body.get("type", "")).startswith("zen:event"):
-            ticket_id, kind = self._parse_event_subscription(body)
-            event_id = event_id or str(body.get("id") or "")
-            when = _parse_time(body.get("time"))
-        else:
-            ticket_id = str(body.get("ticket_id") or body.get("id") or "").strip()
-            kind = EVENT_KINDS.get(str(body.get("event") or "").lower(), "updated")
-            when = _parse_time(body.get("updated_at"))
-        if not ticket_id.isdigit():
-            raise WebhookVerificationError("webhook body names no ticket id")
-        event_id = event_id or hashlib.sha256(raw_body).hexdigest()
-        return [TicketEvent(event_id=event_id, ticket_key=ticket_id, kind=kind,
-                            occurred_at=when or datetime.fromtimestamp(occurred, tz=timezone.utc))]
+        return parse_webhook(self.config, headers, raw_body)
 
     def acknowledge(self, events: list[TicketEvent]) -> tuple[bytes, str] | None:
         return None
@@ -456,33 +406,15 @@ class ZendeskConnector:
             self._session.close()
         self._session = self._zenpy = None
 
-    # ----- setup: webhook + trigger --------------------------------------------------
+    # ----- setup: webhook + trigger (zendesk_webhooks) ------------------------------------
     def ensure_webhook_and_trigger(self, *, endpoint_url: str, name: str = "hitl-bridge") -> dict[str, Any]:
         """Create (or find by name) the webhook and the trigger that calls it; idempotent.
 
         Returns ``webhook_id``, ``trigger_id``, ``signing_secret`` (to put in the connection's
         ``webhook_secrets``) and ``created`` (whether anything was created this time).
         """
-        created = False
         with self._calling("setup"):
-            webhook = next((w for w in self.client.webhooks.list(filter=name) if w.name == name), None)
-            if webhook is None:
-                webhook = self.client.webhooks.create(Webhook(
-                    name=name, status="active", endpoint=endpoint_url, http_method="POST", request_format="json",
-                    subscriptions=["conditional_ticket_events"],
-                    description="hitl-bridge: ticket changes that may decide a review"))
-                created = True
-            trigger = next((t for t in self.client.triggers() if t.title == name), None)
-            if trigger is None:
-                trigger = self.client.triggers.create(Trigger(
-                    title=name, description="Tells hitl-bridge a ticket changed; the bridge reads the decision back.",
-                    conditions={"all": [{"field": "update_type", "operator": "is", "value": "Change"}], "any": []},
-                    actions=[{"field": "notification_webhook",
-                              "value": [webhook.id, json.dumps(RECOMMENDED_WEBHOOK_BODY, indent=2)]}]))
-                created = True
-            secret = self.client.webhooks.show_secret(webhook.id)
-        return {"webhook_id": webhook.id, "trigger_id": trigger.id, "endpoint": webhook.endpoint,
-                "signing_secret": _as_dict(secret).get("secret"), "created": created}
+            return ensure_webhook_and_trigger(self.client, endpoint_url=endpoint_url, name=name)
 
     # ----- helpers --------------------------------------------------------------------
     def _comment_payload(self, comment: Any) -> ZenpyComment:
@@ -533,18 +465,6 @@ class ZendeskConnector:
             if label:
                 labels[f"custom_fields.{item['id']}"] = label
         return labels
-
-    @staticmethod
-    def _parse_event_subscription(body: dict[str, Any]) -> tuple[str, str]:
-        detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
-        ticket_id = str(detail.get("id") or "")
-        subject = str(body.get("subject") or "")
-        if not ticket_id and subject.startswith("zen:ticket:"):
-            ticket_id = subject.rsplit(":", 1)[1]
-        event_type = str(body["type"]).rsplit(":", 1)[-1]  # zen:event-type:ticket.status_changed
-        if not event_type.startswith("ticket."):
-            raise WebhookVerificationError(f"not a ticket event: {event_type[:60]}")
-        return ticket_id, EVENT_KINDS.get(event_type.split(".", 1)[1], "updated")
 
 
 def _apis(client: Zenpy) -> Iterator[BaseApi]:

@@ -1,7 +1,8 @@
 """Zendesk Support API v2 emulator: the subset hitl-bridge's connector (through zenpy) uses.
 
 Tickets (create/show/update with audits), comments (public and internal), audits, users,
-ticket fields, groups, search by tag or external id, webhooks and triggers (for
+ticket fields, groups and a user's groups (``groups``: login -> group names, which tests
+change as with the Jira emulator), search by tag or external id, webhooks and triggers (for
 ``hitl-bridge setup zendesk``). Shapes follow Zendesk's documented responses: 201 with a
 ``Location`` header and ``{ticket, audit}``, ``RecordNotFound``/``RecordInvalid`` errors,
 ``Couldn't authenticate you`` on 401, cursor pagination with ``meta``/``links``.
@@ -45,6 +46,8 @@ USERS = {  # login -> (id, name, email, role, api token)
     "bob": (9000003, "Bob Approver", "bob@example.com", "agent", "bob-api-token"),
     "carol": (9000004, "Carol Customer", "carol@example.com", "end-user", "carol-api-token"),
 }
+MEMBERS = {"bridge": ["Support"], "alice": ["Support"], "bob": ["Support", "AI Review"], "carol": []}
+"""login -> the groups an agent starts in (end users are in none)."""
 
 
 def _now() -> str:
@@ -100,10 +103,11 @@ class ZendeskEmulator(Emulator):
             self.triggers: dict[int, dict[str, Any]] = {}
             self._next_id = 1000
             self._next_ticket = 35436
-            self.groups = [
+            self.group_records = [
                 {"id": 360001, "name": "Support", "is_public": True, "default": True, "deleted": False},
                 {"id": 360002, "name": "AI Review", "is_public": True, "default": False, "deleted": False},
             ]
+            self.groups: dict[str, list[str]] = {login: list(names) for login, names in MEMBERS.items()}
             self._quiet = True  # seeded tickets exist "before" anyone listens: no webhooks
             for subject, body in (
                 ("Refund for damaged blender", "My blender (order A-100) arrived with a cracked jar. Can I get a refund?"),
@@ -297,6 +301,7 @@ class ZendeskEmulator(Emulator):
         return [
             r("/api/v2/users/me.json", e(lambda q, a, p: JSONResponse({"user": self.users[a]})), methods=["GET"]),
             r("/api/v2/users/{user_id:int}.json", e(self._show_user), methods=["GET"]),
+            r("/api/v2/users/{user_id:int}/groups.json", e(self._user_groups), methods=["GET"]),
             r("/api/v2/tickets.json", e(self._tickets_collection), methods=["GET", "POST"]),
             r("/api/v2/tickets/{ticket_id:int}.json", e(self._ticket), methods=["GET", "PUT"]),
             r("/api/v2/tickets/{ticket_id:int}/comments.json", e(
@@ -306,7 +311,8 @@ class ZendeskEmulator(Emulator):
             r("/api/v2/search.json", e(self._search), methods=["GET"]),
             r("/api/v2/ticket_fields.json", e(lambda q, a, p: JSONResponse(
                 {"ticket_fields": self.ticket_fields(), "next_page": None, "previous_page": None, "count": 4})), methods=["GET"]),
-            r("/api/v2/groups.json", e(lambda q, a, p: self._page(q, self.groups, "groups")), methods=["GET"]),
+            r("/api/v2/groups.json", e(lambda q, a, p: self._page(
+                q, [self._group_out(g) for g in self.group_records], "groups")), methods=["GET"]),
             r("/api/v2/webhooks", e(self._webhooks_collection), methods=["GET", "POST"]),
             r("/api/v2/webhooks/{webhook_id}", e(self._show_webhook), methods=["GET"]),
             r("/api/v2/webhooks/{webhook_id}/signing_secret", e(self._signing_secret), methods=["GET"]),
@@ -320,6 +326,24 @@ class ZendeskEmulator(Emulator):
     def _show_user(self, request: Request, actor: int, payload: dict) -> Response:
         user = self.users.get(int(request.path_params["user_id"]))
         return JSONResponse({"user": user}) if user else _error(404, "RecordNotFound", "Not found")
+
+    def _user_groups(self, request: Request, actor: int, payload: dict) -> Response:
+        """The groups an agent is in (``groups[login]``); a name not yet known becomes a group."""
+        user_id = int(request.path_params["user_id"])
+        if user_id not in self.users:
+            return _error(404, "RecordNotFound", "Not found")
+        login = next((name for name, row in USERS.items() if row[0] == user_id), "")
+        names = self.groups.get(login, []) if self.users[user_id]["role"] != "end-user" else []
+        for name in names:
+            if not any(g["name"] == name for g in self.group_records):
+                self.group_records.append({"id": 360001 + len(self.group_records), "name": name, "is_public": True,
+                                           "default": False, "deleted": False})
+        found = [self._group_out(g) for g in self.group_records if g["name"] in names and not g["deleted"]]
+        return self._page(request, found, "groups")
+
+    def _group_out(self, group: dict) -> dict:
+        return {"url": f"{self.base_url}/api/v2/groups/{group['id']}.json", **group, "description": "",
+                "created_at": "2024-01-02T09:00:00Z", "updated_at": "2024-01-02T09:00:00Z"}
 
     def _tickets_collection(self, request: Request, actor: int, payload: dict) -> Response:
         if request.method == "GET":

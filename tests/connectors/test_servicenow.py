@@ -12,7 +12,7 @@ import requests
 
 from bridge.mapping import parse_mapping, render_ticket
 from bridge.schemas import ReviewRequest
-from connectors import config_for, connector_for
+from connectors import Person, config_for, connector_for
 from connectors.emulators import Act, start_emulator
 from connectors.emulators.servicenow import ServiceNowEmulator
 from connectors.errors import AuthError, PermanentError, RateLimitedError, WebhookVerificationError
@@ -91,6 +91,16 @@ def test_approve_by_approval_field_with_reviewer_resolved(snow):
     assert ticket.fields["sys_updated_by"] == "hitl.bridge"
     assert ticket.changed_by.id == "bob"
     assert (ticket.changed_by.name, ticket.changed_by.email) == ("Bob Approver", "bob@example.com")
+
+
+def test_the_newest_approval_change_names_the_changer(snow):
+    """Several changes within one second: sys_audit's ORDERBYDESC picks the newest."""
+    emulator, running, connector = snow
+    ref = create_from_mapping(connector)
+    emulator.act(Act(key=ref.key, action="approve", user="alice"))
+    emulator.act(Act(key=ref.key, action="set_field", user="bob", field="approval", value="requested"))
+    emulator.act(Act(key=ref.key, action="approve", user="bob"))
+    assert connector.get_ticket(ref.key).changed_by.id == "bob"
 
 
 def test_approve_by_state_mapping(snow):
@@ -249,3 +259,54 @@ def test_error_shapes_match_the_documented_ones(snow, contracts):
                             json={"short_description": "x", "no_such_field": "ignored", "work_notes": "hi"})
     assert created.status_code == 201 and created.headers["Location"].endswith(created.json()["result"]["sys_id"])
     assert "no_such_field" not in created.json()["result"] and created.json()["result"]["work_notes"] == ""
+
+
+# ----- reviewers.groups: sys_user_grmember ----------------------------------------------
+
+
+def test_groups_of_reads_the_users_memberships_at_each_call(snow):
+    emulator, running, connector = snow
+    assert connector.groups_of(Person("bob")) == {"AI Review", "Service Desk"}
+    assert connector.groups_of(Person(emulator.user("bob")["sys_id"])) == {"AI Review", "Service Desk"}
+    assert connector.groups_of(Person("alice")) == {"Service Desk"}
+    assert connector.groups_of(Person("carol")) == set()
+    assert connector.groups_of(Person("nobody")) == set()  # no such sys_user: no group
+    assert connector.groups_of(Person("bob^ORuser_name=alice")) == set()  # no query smuggled in
+    teams = {f"Team {n:03d}" for n in range(150)}  # more than one page of memberships
+    with emulator.lock:
+        emulator.groups["alice"] = sorted(teams)
+        emulator.groups["bob"] = ["AI Review"]
+    assert connector.groups_of(Person("alice")) == teams
+    assert connector.groups_of(Person("bob")) == {"AI Review"}
+    with emulator.lock:  # an inactive group grants nothing
+        next(g for g in emulator.tables["sys_user_group"].values() if g["name"] == "AI Review")["active"] = "false"
+    assert connector.groups_of(Person("bob")) == set()
+
+
+def test_groups_of_is_read_through_the_table_api_as_documented(snow):
+    emulator, running, connector = snow
+    auth = ("hitl.bridge", emulator.passwords["hitl.bridge"])
+    bob = emulator.user("bob")["sys_id"]
+    rows = requests.get(f"{running.url}/api/now/table/sys_user_grmember", auth=auth, timeout=5, params={
+        "sysparm_query": f"user={bob}", "sysparm_fields": "user,group,group.name"}).json()["result"]
+    assert {r["group.name"] for r in rows} == {"AI Review", "Service Desk"}
+    assert all(r["user"] == {"link": f"{running.url}/api/now/table/sys_user/{bob}", "value": bob} for r in rows)
+    assert all(set(r["group"]) == {"link", "value"} for r in rows)
+    shown = requests.get(f"{running.url}/api/now/table/sys_user_grmember", auth=auth, timeout=5, params={
+        "sysparm_query": f"user={bob}", "sysparm_display_value": "true"}).json()["result"]
+    assert {r["group"] for r in shown} == {"AI Review", "Service Desk"} and {r["user"] for r in shown} == {"Bob Approver"}
+    refused = requests.post(f"{running.url}/api/now/table/sys_user_grmember", auth=auth, timeout=5,
+                            json={"user": bob, "group": "AI Review"})
+    assert refused.status_code == 403
+
+
+def test_groups_of_errors_are_translated(snow):
+    emulator, running, connector = snow
+    emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 4, "path_prefix": "/api/now/table/sys_user_grmember"}]
+    with pytest.raises(RateLimitedError) as caught:
+        connector.groups_of(Person("bob"))
+    assert caught.value.retry_after == 4 and caught.value.operation == "groups_of"
+    wrong = connector_for(config_for(running.connection("servicenow", **emulator.bad_credentials())))
+    with pytest.raises(AuthError):
+        wrong.groups_of(Person("bob"))
+    wrong.close()

@@ -6,11 +6,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
-from connectors import config_for, connector_for
+from connectors import Person, config_for, connector_for
 from connectors.emulators import Act, start_emulator
-from connectors.emulators.zendesk import DECISION_FIELD_ID, EDITED_REPLY_FIELD_ID, ZendeskEmulator
-from connectors.errors import AuthError, PermanentError, RemoteNotFoundError, WebhookVerificationError
+from connectors.emulators.zendesk import DECISION_FIELD_ID, EDITED_REPLY_FIELD_ID, USERS, ZendeskEmulator
+from connectors.errors import AuthError, PermanentError, RateLimitedError, RemoteNotFoundError, WebhookVerificationError
 from connectors.signing import hmac_sha256_b64
 from connectors.zendesk import RECOMMENDED_WEBHOOK_BODY, ZendeskConfig, stamp_tag
 from helpers import wait_for
@@ -261,3 +262,52 @@ def test_setup_is_idempotent(zd):
     [action] = emulator.triggers[first["trigger_id"]]["actions"]
     assert action["field"] == "notification_webhook" and action["value"][0] == first["webhook_id"]
     assert json.loads(action["value"][1]) == RECOMMENDED_WEBHOOK_BODY
+
+
+# ----- reviewers.groups: a user's groups -------------------------------------------------
+
+
+def _user(login: str) -> Person:
+    return Person(id=str(USERS[login][0]))
+
+
+def test_groups_of_reads_the_agents_groups_at_each_call(zd):
+    emulator, _, connector = zd
+    assert connector.groups_of(_user("bob")) == {"Support", "AI Review"}
+    assert connector.groups_of(_user("alice")) == {"Support"}
+    assert connector.groups_of(_user("carol")) == set()  # an end user is in no group
+    assert connector.groups_of(Person(id="424242")) == set()  # no such user (404): no group
+    assert connector.groups_of(Person(id="bob@example.com")) == set()  # not a Zendesk user id
+    teams = {f"Team {n:03d}" for n in range(150)}  # more than one page (cursor pagination)
+    with emulator.lock:
+        emulator.groups["alice"] = sorted(teams)
+        emulator.groups["bob"] = ["AI Review"]
+    assert connector.groups_of(_user("alice")) == teams
+    assert connector.groups_of(_user("bob")) == {"AI Review"}
+    with emulator.lock:  # a deleted group grants nothing
+        next(g for g in emulator.group_records if g["name"] == "AI Review")["deleted"] = True
+    assert connector.groups_of(_user("bob")) == set()
+
+
+def test_user_groups_endpoint_answers_in_zendesks_shape(zd):
+    emulator, running, _ = zd
+    auth = ("bridge@example.com/token", "bridge-api-token")
+    ca = running.connection("zendesk")["ca_bundle"]
+    answer = requests.get(f"{running.url}/api/v2/users/{USERS['bob'][0]}/groups.json", auth=auth, verify=ca, timeout=5).json()
+    assert {g["name"] for g in answer["groups"]} == {"Support", "AI Review"}
+    assert {"id", "url", "name", "is_public", "default", "deleted", "created_at"} <= set(answer["groups"][0])
+    assert answer["meta"]["has_more"] is False and answer["links"]["next"] is None
+    missing = requests.get(f"{running.url}/api/v2/users/424242/groups.json", auth=auth, verify=ca, timeout=5)
+    assert missing.status_code == 404 and missing.json()["error"] == "RecordNotFound"
+
+
+def test_groups_of_errors_are_translated(zd):
+    emulator, running, connector = zd
+    emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 5, "path_prefix": "/api/v2/users"}]
+    with pytest.raises(RateLimitedError) as caught:
+        connector.groups_of(_user("bob"))
+    assert caught.value.retry_after == 5 and caught.value.operation == "groups_of"
+    wrong = connector_for(config_for(running.connection("zendesk", **emulator.bad_credentials())))
+    with pytest.raises(AuthError):
+        wrong.groups_of(_user("bob"))
+    wrong.close()

@@ -18,6 +18,10 @@ USERS = [
      "email": "carol@example.com", "password": "carol-password"},
 ]
 
+GROUPS = {"AI Review": "Reviews AI agents' actions", "Service Desk": "First-line support"}
+MEMBERS = {BRIDGE_USER: [], "alice": ["Service Desk"], "bob": ["AI Review", "Service Desk"], "carol": []}
+"""user_name -> the groups (``sys_user_grmember``) the emulator starts with; tests change them."""
+
 JOURNAL = ("comments", "work_notes")
 NOTIFY_ON = ("state", "approval", "comments", "work_notes")
 """The fields whose change fires the Business Rule (docs/servicenow.md)."""
@@ -39,7 +43,8 @@ TABLE_FIELDS: dict[str, set[str]] = {
     REVIEW_TABLE: set(TASK_FIELDS),
     "sys_user": {"sys_id", "user_name", "name", "first_name", "last_name", "email", "active",
                  "sys_created_on"},
-    "sys_user_group": {"sys_id", "name", "description", "sys_created_on"},
+    "sys_user_group": {"sys_id", "name", "description", "active", "sys_created_on"},
+    "sys_user_grmember": {"sys_id", "user", "group", "sys_created_on"},
     "sys_journal_field": {"sys_id", "element", "element_id", "name", "value", "sys_created_on",
                           "sys_created_by"},
     "sys_audit": {"sys_id", "tablename", "documentkey", "fieldname", "oldvalue", "newvalue", "user",
@@ -54,11 +59,19 @@ REVIEW_COLUMNS = {"u_review_id": "string", "u_confidence": "string", "u_trace_ur
 """The columns docs/servicenow.md adds to the review table (the emulator accepts any u_ field)."""
 TASK_TABLES = ("incident", "sc_task", "sn_customerservice_case", REVIEW_TABLE)
 PREFIXES = {"incident": "INC", "sc_task": "SCTASK", "sn_customerservice_case": "CS", REVIEW_TABLE: "AIR"}
-READ_ONLY = {"sys_user", "sys_user_group", "sys_journal_field", "sys_audit", "sys_choice", "sys_db_object", "sys_dictionary"}
+READ_ONLY = {"sys_user", "sys_user_group", "sys_user_grmember", "sys_journal_field", "sys_audit", "sys_choice", "sys_db_object", "sys_dictionary"}
 REFERENCES = {
     "assignment_group": "sys_user_group", "assigned_to": "sys_user", "caller_id": "sys_user",
     "opened_by": "sys_user", "closed_by": "sys_user", "resolved_by": "sys_user", "contact": "sys_user",
 }
+TABLE_REFERENCES = {"sys_user_grmember": {"user": "sys_user", "group": "sys_user_group"}}
+"""References that only one table has (``sys_audit.user``, for one, is a plain user_name)."""
+
+
+def reference(table: str, element: str) -> str | None:
+    """The table ``table.element`` refers to, or None when it is no reference field."""
+    return TABLE_REFERENCES.get(table, {}).get(element) or REFERENCES.get(element)
+
 
 APPROVAL = [("not requested", "Not Yet Requested"), ("requested", "Requested"), ("approved", "Approved"),
             ("rejected", "Rejected"), ("cancelled", "Cancelled"), ("not_required", "No Longer Required")]
@@ -89,12 +102,12 @@ def parse_query(query: str) -> tuple[list[tuple[str, str, str]], list[tuple[str,
     order: list[tuple[str, bool]] = []
     for part in (query or "").split("^"):
         part = part.strip()
-        if not part or part.startswith("OR") or part == "EQ":
-            continue
         if part.startswith("ORDERBYDESC"):
             order.append((part[len("ORDERBYDESC"):], True))
         elif part.startswith("ORDERBY"):
             order.append((part[len("ORDERBY"):], False))
+        elif not part or part.startswith("OR") or part == "EQ":
+            continue  # ^OR terms widen a query: ignoring them only ever returns fewer rows
         elif "!=" in part:
             field, _, value = part.partition("!=")
             terms.append((field, "!=", value))
@@ -144,7 +157,7 @@ def dictionary() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
 
 
 def _column(table: str, element: str) -> dict[str, str]:
-    kind = "reference" if element in REFERENCES else ("journal_input" if element in JOURNAL else
-                                                       REVIEW_COLUMNS.get(element, "string"))
+    target = reference(table, element)
+    kind = "reference" if target else ("journal_input" if element in JOURNAL else REVIEW_COLUMNS.get(element, "string"))
     return {"name": table, "element": element, "column_label": element.replace("_", " ").title(),
-            "internal_type": kind, "reference": REFERENCES.get(element, ""), "max_length": "4000", "active": "true"}
+            "internal_type": kind, "reference": target or "", "max_length": "4000", "active": "true"}

@@ -30,11 +30,12 @@ from .auth import OAUTH_CLIENT, authenticate, token_endpoint  # noqa: F401  (OAU
 from .data import (
     BRIDGE_USER,
     CHOICES,
+    GROUPS,
     JOURNAL,
+    MEMBERS,
     NOTIFY_ON,
     PREFIXES,
     READ_ONLY,
-    REFERENCES,
     REVIEW_TABLE,
     TABLE_FIELDS,
     TASK_FIELDS,
@@ -43,7 +44,9 @@ from .data import (
     dictionary,
     matches,
     parse_query,
+    reference,
 )
+from .groups import sync_memberships
 
 def now_text() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -68,8 +71,10 @@ class ServiceNowEmulator(Emulator):
                 record = {"sys_id": new_sys_id(), "active": "true", **{k: v for k, v in user.items() if k != "password"}}
                 self._store("sys_user", record)
                 self.passwords[user["user_name"]] = user["password"]
-            group = {"sys_id": new_sys_id(), "name": "AI Review", "description": "Reviews AI agents' actions"}
-            self._store("sys_user_group", group)
+            for name, description in GROUPS.items():
+                self._store("sys_user_group", {"sys_id": new_sys_id(), "name": name, "description": description,
+                                               "active": "true"})
+            self.groups: dict[str, list[str]] = {user: list(names) for user, names in MEMBERS.items()}
             tables, columns = dictionary()
             ids = {t["name"]: new_sys_id() for t in tables}
             for table in tables:
@@ -119,8 +124,8 @@ class ServiceNowEmulator(Emulator):
             text = "" if value is None else (json.dumps(value) if isinstance(value, (list, dict)) else str(value))
             if isinstance(value, bool):
                 text = str(value).lower()
-            if name in REFERENCES and text:
-                text = self._reference(REFERENCES[name], text)
+            if reference(table, name) and text:
+                text = self._reference(str(reference(table, name)), text)
             clean[name] = text
         return clean
 
@@ -208,13 +213,20 @@ class ServiceNowEmulator(Emulator):
         wanted = [f.strip() for f in params.get("sysparm_fields", "").split(",") if f.strip()]
         out: dict[str, Any] = {}
         for name in wanted or [n for n in record if not n.startswith("_")]:
+            if "." in name:  # dot-walked through references: group.name on sys_user_grmember
+                walked = self._dot_walk(table, record, name)
+                if walked is not None:
+                    value, display = walked
+                    out[name] = display if mode == "true" else ({"display_value": display, "value": value}
+                                                                if mode == "all" else value)
+                continue
             if name not in record or name.startswith("_"):
                 continue
             value = record[name]
             display = self.display(table, name, value)
             link = None
-            if name in REFERENCES and value and not no_links:
-                link = f"{self.base_url}/api/now/table/{REFERENCES[name]}/{value}"
+            if reference(table, name) and value and not no_links:
+                link = f"{self.base_url}/api/now/table/{reference(table, name)}/{value}"
             if mode == "true":
                 out[name] = display
             elif mode == "all":
@@ -223,11 +235,24 @@ class ServiceNowEmulator(Emulator):
                 out[name] = {"link": link, "value": value} if link else value
         return out
 
+    def _dot_walk(self, table: str, record: dict[str, str], path: str) -> tuple[str, str] | None:
+        """(value, display value) at the end of ``path``; None when a hop is no reference."""
+        *hops, name = path.split(".")
+        for hop in hops:
+            target = reference(table, hop)
+            if target is None or hop not in record:
+                return None
+            record, table = self.tables.get(target, {}).get(record[hop]) or {}, target
+        if name.startswith("_") or (record and name not in record):
+            return None
+        value = record.get(name, "")
+        return value, self.display(table, name, value)
+
     def display(self, table: str, name: str, value: str) -> str:
         if not value:
             return ""
-        if name in REFERENCES:
-            row = self.tables.get(REFERENCES[name], {}).get(value)
+        if reference(table, name):
+            row = self.tables.get(str(reference(table, name)), {}).get(value)
             return (row.get("name") or row.get("user_name") or value) if row else value
         for key in ((table, name), ("task", name)):
             for code, label in CHOICES.get(key, ()):
@@ -305,6 +330,7 @@ class ServiceNowEmulator(Emulator):
             return JSONResponse({"result": result}, status_code=201, headers={"Location": location})
         terms, order = parse_query(params.get("sysparm_query", ""))
         with self.lock:
+            self._sync_groups(table)
             if table == "task":  # a child record read through Task shows Task's fields only
                 sources = [{k: v for k, v in r.items() if k in TASK_FIELDS or k.startswith("_")}
                            for name in TASK_TABLES for r in self.tables[name].values()]
@@ -328,6 +354,7 @@ class ServiceNowEmulator(Emulator):
         sys_id = request.path_params["sys_id"]
         params = dict(request.query_params)
         with self.lock:
+            self._sync_groups(table)
             if sys_id not in self.tables[table]:
                 return self.error_response(404, "No Record found")
         if request.method == "GET":
@@ -343,6 +370,10 @@ class ServiceNowEmulator(Emulator):
         with self.lock:
             record = self._update(table, sys_id, body, user=str(user))
             return JSONResponse({"result": self.render(table, record, params)})
+
+    def _sync_groups(self, table: str) -> None:
+        if table in ("sys_user_grmember", "sys_user_group"):
+            sync_memberships(self.tables, self.groups, self._store)
 
     # ----- uniform hooks ---------------------------------------------------------
     def key_of(self, table: str, sys_id: str) -> str:
