@@ -119,6 +119,13 @@ class ReplySpec(_Model):
     """How an approved reply is posted back to the origin ticket."""
 
     public: bool = True
+    channel: Literal["comment", "email"] = Field(
+        default="comment",
+        description="comment: a comment on the origin ticket (public unless `public: false`); email: an e-mail to "
+        "the customer, recorded on the ticket (Salesforce only: an outgoing EmailMessage on the Case, sent to its "
+        "SuppliedEmail or its Contact's email). An origin in a system without e-mail replies fails the post-back "
+        "with an error saying so.",
+    )
     fields: dict[str, Any] = Field(
         default_factory=dict, description="Set on the origin ticket after the reply, e.g. status."
     )

@@ -137,7 +137,15 @@ class Worker:
             self.rt.wakeup.set()  # the job may have queued another (a decision's delivery): look now
 
     def _run(self, job: Job) -> None:
-        handler = self.handlers[job.kind]
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            # A kind a newer version added, met during a rolling deploy: hand it back at once
+            # (attempt not counted) for a newer worker, instead of holding it for a lease.
+            log.warning("job.unknown_kind", extra={"job_id": job.id, "kind": job.kind})
+            with self.rt.db.transaction() as session:
+                outbox.fail(session, job, f"this worker does not know job kind {job.kind!r}", retry_in=1.0,
+                            count_attempt=False)
+            return
         settings = self.rt.settings.worker
         self._calls.connections = []
         try:
@@ -384,9 +392,16 @@ class Worker:
         body = job.payload["body"]
         connector = self._connector(origin.connection)
         ticket = connector.get_ticket(origin.ticket_id)
-        already = any(c.by_bridge and c.body.strip() == body.strip() for c in ticket.comments)
-        if not already:
-            connector.add_comment(ticket.ref.key, body, public=spec.public)
+        if spec.channel == "email":
+            reply_by_email = getattr(connector, "reply_by_email", None)
+            if reply_by_email is None:
+                raise PermanentError(f"reply.channel is email, but connection {origin.connection!r} "
+                                     f"({connector.name}) has no e-mail replies", operation="post_reply")
+            already = not reply_by_email(ticket.ref.key, body)  # finds an identical earlier e-mail itself
+        else:
+            already = any(c.by_bridge and c.body.strip() == body.strip() for c in ticket.comments)
+            if not already:
+                connector.add_comment(ticket.ref.key, body, public=spec.public)
         if spec.fields and mapping is not None and mapping.connection == origin.connection:
             # reply.fields are in the mapping's vendor shape: only for origins in that system.
             fields = render_value(spec.fields, template_context(review.id, request), "reply.fields")
@@ -394,7 +409,7 @@ class Worker:
 
         def apply(session: Session, row: Review) -> None:
             audit.record(session, "reply.posted", actor="bridge", review_id=row.id, connection=origin.connection,
-                         ticket=ticket.ref.key, already_there=already)
+                         ticket=ticket.ref.key, channel=spec.channel, already_there=already)
 
         self._finish(job, apply)
 

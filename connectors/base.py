@@ -202,3 +202,8 @@ class Connector(Protocol):
     def groups_of(self, person: Person) -> set[str]:
         """Optional. The names of the groups (Jira groups, ServiceNow groups, Zendesk groups,
         Salesforce queues or permission sets) ``person`` belongs to, for ``reviewers.groups``."""
+
+    def reply_by_email(self, key: str, body: str) -> bool:
+        """Optional. Send ``body`` to the ticket's customer as an e-mail recorded on the ticket
+        (``reply.channel: email``; Salesforce: an EmailMessage). Idempotent: False when the
+        same e-mail is already there, True when this call created it."""

@@ -1,35 +1,26 @@
-"""Salesforce Service Cloud through ``simple-salesforce``: Cases, CaseComments, notifications.
+"""Salesforce Service Cloud through ``simple-salesforce``: Cases, CaseComments, EmailMessages.
 
 Reviews become Cases (or a custom object) stamped with the review id in an external-id
 field, so a lost create response is recovered by a SOQL lookup instead of a duplicate.
-Salesforce pushes two kinds of notification, and both only name the record to read back:
-Outbound Messages (SOAP, unsigned: authenticated by the organization id, parsed with a
-hardened XML parser and answered with the SOAP Ack Salesforce needs), and a JSON callout
-from a Flow or Apex, signed with the connection's secret (HMAC-SHA256, replay window).
+Logging in (password, client credentials, JWT bearer) is in ``salesforce_auth``; verifying
+and parsing Salesforce's notifications (Outbound Messages, signed Flow callouts) in
+``salesforce_webhooks``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import requests
-from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
-from defusedxml.ElementTree import fromstring as safe_fromstring
-from pydantic import Field, SecretStr, model_validator
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
 from simple_salesforce.format import format_soql
-from simple_salesforce.login import SalesforceLogin, token_login
 
 from .http import PinnedSession
-from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
+from .base import Comment, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
 from .errors import (
     AuthError,
     ConnectorError,
@@ -37,57 +28,18 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
-    WebhookVerificationError,
 )
-from .signing import check_timestamp, hmac_sha256_hex, verify_signature
+from .salesforce_auth import SalesforceConfig, login
+from .salesforce_webhooks import ACK_BODY, OBJECT_NAME as _OBJECT_NAME, RECORD_ID as _RECORD_ID
+from .salesforce_webhooks import acknowledgement, parse_notification
+
+__all__ = ["ACK_BODY", "SalesforceConfig", "SalesforceConnector", "translate_error"]
 
 T = TypeVar("T")
 
-MAX_WEBHOOK_BYTES = 1024 * 1024
-OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
-SOBJECT_NS = "urn:sobject.enterprise.soap.sforce.com"
-XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
-OUTBOUND_EVENT_PREFIX = "om:"
-TIMESTAMP_HEADER = "X-Hitl-Timestamp"
-SIGNATURE_HEADER = "X-Hitl-Signature"
-ACK_BODY = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n'
-    b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
-    b'<soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">'
-    b"<Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"
-)
-_RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
-_OBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,79}")
-_EVENT_KINDS = {"status_changed", "comment_added", "updated", "created", "deleted"}
 _RATE_CODES = {"REQUEST_LIMIT_EXCEEDED", "LOGIN_RATE_EXCEEDED", "TOO_MANY_REQUESTS"}
 _RETRY_CODES = {"SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION", "UNABLE_TO_LOCK_ROW"}
-
-
-class SalesforceConfig(ConnectionConfig):
-    """A Salesforce org. ``base_url`` is the login host (https://login.salesforce.com,
-    https://test.salesforce.com or the org's My Domain); the instance URL comes from login."""
-
-    username: str | None = Field(default=None, description="The integration user's username.")
-    password: SecretStr | None = None
-    security_token: SecretStr = Field(
-        default=SecretStr(""), description="Appended to the password; empty when the IP is trusted."
-    )
-    consumer_key: str | None = Field(
-        default=None, description="Connected app key, for the OAuth client-credentials flow."
-    )
-    consumer_secret: SecretStr | None = None
-    organization_id: str | None = Field(
-        default=None, description="The org's 15/18-char id; Outbound Messages from other orgs are refused."
-    )
-    external_id_field: str = Field(default="HITL_Review_Id__c", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    api_version: str = Field(default="59.0", pattern=r"^\d+\.\d$")
-    object: str = Field(default="Case", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-
-    @model_validator(mode="after")
-    def _one_way_to_log_in(self) -> "SalesforceConfig":
-        if not (self.username and self.password) and not (self.consumer_key and self.consumer_secret):
-            raise ValueError("set username and password, or consumer_key and consumer_secret")
-        return self
+EMAIL_SENT = "3"  # EmailMessage.Status: 0 New, 1 Read, 2 Replied, 3 Sent, 4 Forwarded, 5 Draft
 
 
 def _first_error(content: Any) -> tuple[str, str]:
@@ -157,11 +109,6 @@ def _parse_datetime(value: Any) -> datetime | None:
             return None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    wanted = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == wanted), None)
-
-
 class SalesforceConnector:
     name = "salesforce"
     config_model = SalesforceConfig
@@ -176,35 +123,12 @@ class SalesforceConnector:
     # ----- session -----------------------------------------------------------
     def _session(self) -> PinnedSession:
         if self._http is None:
-            self._http = PinnedSession().pin(timeout=self.config.timeout_seconds, ca_bundle=self.config.ca_bundle)
+            self._http = PinnedSession().pin_to(self.config)
         return self._http
 
     def _login(self) -> Salesforce:
-        """Log in through the library's own helpers, aimed at ``base_url`` (it would
-        otherwise build https://{domain}.salesforce.com itself)."""
-        cfg, session = self.config, self._session()
-        if cfg.username and cfg.password:
-            session_id, instance = SalesforceLogin(
-                username=cfg.username,
-                password=cfg.password.get_secret_value(),
-                security_token=cfg.security_token.get_secret_value(),
-                sf_version=cfg.api_version,
-                session=session,
-                scratch_url=cfg.base_url,
-            )
-        else:
-            assert cfg.consumer_key and cfg.consumer_secret
-            basic = base64.b64encode(f"{cfg.consumer_key}:{cfg.consumer_secret.get_secret_value()}".encode()).decode()
-            session_id, instance = token_login(
-                f"{cfg.base_url}/services/oauth2/token",
-                {"grant_type": "client_credentials"},
-                "login",
-                cfg.consumer_key,
-                {"Authorization": f"Basic {basic}"},
-                None,
-                session,
-            )
-        return Salesforce(session_id=session_id, instance=instance, session=session, version=cfg.api_version)
+        session_id, instance = login(self.config, self._session())
+        return Salesforce(session_id=session_id, instance=instance, session=self._session(), version=self.config.api_version)
 
     def _client(self, operation: str) -> Salesforce:
         with self._lock:
@@ -358,6 +282,51 @@ class SalesforceConnector:
             created=datetime.now(timezone.utc), by_bridge=True,
         )
 
+    def reply_by_email(self, key: str, body: str) -> bool:
+        """Post ``body`` as an outgoing EmailMessage on the Case, to the customer's address
+        (the Case's SuppliedEmail, else its Contact's Email). Safe to call again: an outgoing
+        email with the same body already on the Case is not created twice. True when this
+        call created it. (TextBody is a long text area, which SOQL cannot filter on, so the
+        comparison is made here.)"""
+        sobject, case_id = self._resolve(key)
+        if sobject != "Case":
+            raise PermanentError(f"email replies are EmailMessages on Cases; {sobject} records have none")
+        sent = self._query("reply_by_email", format_soql(
+            "SELECT Id, TextBody FROM EmailMessage WHERE ParentId = {} AND Incoming = false", case_id))
+        if any((row.get("TextBody") or "").strip() == body.strip() for row in sent):
+            return False
+        rows = self._query("reply_by_email", format_soql(
+            "SELECT Id, CaseNumber, Subject, SuppliedEmail, Contact.Email FROM Case WHERE Id = {}", case_id))
+        if not rows:
+            raise RemoteNotFoundError(f"no Case {case_id}", operation="reply_by_email")
+        case = rows[0]
+        to = case.get("SuppliedEmail") or (case.get("Contact") or {}).get("Email")
+        if not to:
+            raise PermanentError(f"Case {case.get('CaseNumber')} has no SuppliedEmail and no Contact email to reply to",
+                                 operation="reply_by_email")
+        me = self._bridge_user()
+        email = {"ParentId": case_id, "Incoming": False, "Status": EMAIL_SENT, "ToAddress": to, "TextBody": body,
+                 "Subject": f"Re: {case.get('Subject') or 'Case ' + str(case.get('CaseNumber'))}"[:3000],
+                 "FromName": me.name, "FromAddress": me.email,
+                 "MessageDate": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000+0000")}
+        self._call("reply_by_email", lambda sf: sf.EmailMessage.create({k: v for k, v in email.items() if v is not None}))
+        return True
+
+    def groups_of(self, person: Person) -> set[str]:
+        """The user's queues and public groups (API and display names; direct membership)
+        and permission sets (API names and labels, not the ones profiles own)."""
+        if not _RECORD_ID.fullmatch(person.id or ""):
+            return set()
+        members = self._query("groups_of", format_soql(
+            "SELECT Group.DeveloperName, Group.Name FROM GroupMember "
+            "WHERE UserOrGroupId = {} AND Group.Type IN ('Queue', 'Regular')", person.id))
+        assigned = self._query("groups_of", format_soql(
+            "SELECT PermissionSet.Name, PermissionSet.Label FROM PermissionSetAssignment "
+            "WHERE AssigneeId = {} AND PermissionSet.IsOwnedByProfile = false", person.id))
+        names = [(row.get("Group") or {}).get(field) for row in members for field in ("DeveloperName", "Name")]
+        names += [(row.get("PermissionSet") or {}).get(field) for row in assigned for field in ("Name", "Label")]
+        return {str(name) for name in names if name}
+
     # ----- admin: preview and doctor ---------------------------------------------
     def plan_requests(
         self, fields: Mapping[str, Any], *, review_id: str, comment: str | None, origin_key: str | None = None
@@ -409,79 +378,12 @@ class SalesforceConnector:
                 problems.append(MappingProblem(use.where, f"{use.value!r} is not a value of the {sobject}.{name} picklist; values: {values}"))
         return problems
 
-    # ----- notifications ---------------------------------------------------------
+    # ----- notifications (salesforce_webhooks) -------------------------------------
     def verify_and_parse_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:
-        if len(raw_body) > MAX_WEBHOOK_BYTES:
-            raise WebhookVerificationError(f"notification body is larger than {MAX_WEBHOOK_BYTES} bytes")
-        content_type = (_header(headers, "content-type") or "").lower()
-        start = raw_body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-        if "xml" in content_type or start == b"<":
-            return self._outbound_message(raw_body)
-        return self._flow_callout(headers, raw_body)
-
-    def _flow_callout(self, headers: Mapping[str, str], raw_body: bytes) -> list[TicketEvent]:
-        """A Flow/Apex callout: hex HMAC-SHA256(secret, timestamp + "." + body)."""
-        timestamp = _header(headers, TIMESTAMP_HEADER)
-        if not timestamp:
-            raise WebhookVerificationError(f"missing {TIMESTAMP_HEADER} header")
-        signed = timestamp.encode() + b"." + raw_body
-        verify_signature(
-            _header(headers, SIGNATURE_HEADER), self.config.secrets(),
-            lambda secret: hmac_sha256_hex(secret, signed), header=SIGNATURE_HEADER,
-        )
-        stamp = check_timestamp(timestamp, tolerance=self.config.webhook_tolerance_seconds)
-        try:
-            payload = json.loads(raw_body)
-        except ValueError as exc:
-            raise WebhookVerificationError("callout body is not JSON") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("record_id"), str):
-            raise WebhookVerificationError("callout body needs a record_id string")
-        record_id, sobject = payload["record_id"], str(payload.get("object") or self.config.object)
-        if not _RECORD_ID.fullmatch(record_id) or not _OBJECT_NAME.fullmatch(sobject):
-            raise WebhookVerificationError("callout names no valid record")
-        kind = payload.get("kind") if payload.get("kind") in _EVENT_KINDS else "updated"
-        event_id = str(payload.get("event_id") or hmac_sha256_hex("salesforce-flow", raw_body))[:200]
-        key = record_id if sobject == self.config.object else f"{sobject}/{record_id}"
-        occurred = datetime.fromtimestamp(stamp, timezone.utc)
-        return [TicketEvent(event_id=f"flow:{event_id}", ticket_key=key, kind=kind, occurred_at=occurred)]
-
-    def _outbound_message(self, raw_body: bytes) -> list[TicketEvent]:
-        """SOAP ``notifications``: unsigned, so the organization id must match ours."""
-        expected = (self.config.organization_id or "").strip()
-        if not expected:
-            raise WebhookVerificationError("Outbound Messages need organization_id on the connection")
-        root = _parse_xml(raw_body)
-        body = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")
-        notifications = None if body is None else body.find(f"{{{OUTBOUND_NS}}}notifications")
-        if notifications is None:
-            raise WebhookVerificationError("not a Salesforce Outbound Message (no soapenv:Body/notifications)")
-        org = (notifications.findtext(f"{{{OUTBOUND_NS}}}OrganizationId") or "").strip()
-        if not org or org[:15] != expected[:15]:
-            raise WebhookVerificationError("Outbound Message is from another organization")
-        events = []
-        for note in notifications.findall(f"{{{OUTBOUND_NS}}}Notification"):
-            note_id = (note.findtext(f"{{{OUTBOUND_NS}}}Id") or "").strip()
-            sobject = note.find(f"{{{OUTBOUND_NS}}}sObject")
-            if not note_id or sobject is None:
-                raise WebhookVerificationError("Notification without Id or sObject")
-            type_name = (sobject.get(XSI_TYPE) or "").split(":")[-1] or self.config.object
-            record_id = (sobject.findtext(f"{{{SOBJECT_NS}}}Id") or "").strip()
-            kind = "updated"
-            if type_name == "CaseComment":  # a comment names its Case
-                type_name, kind = "Case", "comment_added"
-                record_id = (sobject.findtext(f"{{{SOBJECT_NS}}}ParentId") or "").strip()
-            if not _RECORD_ID.fullmatch(record_id) or not _OBJECT_NAME.fullmatch(type_name):
-                raise WebhookVerificationError("Notification names no valid record")
-            key = record_id if type_name == self.config.object else f"{type_name}/{record_id}"
-            events.append(TicketEvent(event_id=f"{OUTBOUND_EVENT_PREFIX}{note_id}", ticket_key=key, kind=kind))
-        return events
+        return parse_notification(self.config, headers, raw_body)
 
     def acknowledge(self, events: list[TicketEvent]) -> tuple[bytes, str] | None:
-        """Outbound Messages need the SOAP Ack, or Salesforce resends them (an empty
-        ``notifications`` gets one too: only Outbound Messages can parse to no events)."""
-        if not events or any(e.event_id.startswith(OUTBOUND_EVENT_PREFIX) for e in events):
-            return ACK_BODY, "text/xml; charset=utf-8"
-        return None
+        return acknowledgement(events)
 
     def close(self) -> None:
         with self._lock:
@@ -489,17 +391,3 @@ class SalesforceConnector:
             if self._http is not None:
                 self._http.close()
                 self._http = None
-
-
-def _parse_xml(raw_body: bytes) -> ET.Element:
-    """defusedxml with DTDs forbidden: no entity expansion, no external entities."""
-    try:
-        return safe_fromstring(raw_body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DTDForbidden as exc:
-        raise WebhookVerificationError("refused XML with a DTD (entity expansion or external entities)") from exc
-    except EntitiesForbidden as exc:
-        raise WebhookVerificationError("refused XML that declares entities") from exc
-    except ExternalReferenceForbidden as exc:
-        raise WebhookVerificationError("refused XML that references external entities") from exc
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
-        raise WebhookVerificationError(f"malformed XML: {type(exc).__name__}") from exc

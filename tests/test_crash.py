@@ -198,3 +198,44 @@ def test_sigterm_releases_a_job_it_cannot_finish_for_another_worker_at_once(brid
     assert time.monotonic() - started < 15
     assert [t["key"] for t in hitl_tickets(bridge, review["id"])] == [opened["ticket"]["key"]]
     proc.kill()
+
+
+def test_killing_the_worker_process_mid_callback_and_mid_post_back_loses_and_repeats_nothing(bridge):
+    """API and worker as separate processes (``serve --no-worker`` + ``hitl-bridge worker``):
+    the worker is killed while the agent holds the callback and while Jira holds its answer
+    to the stored reply; the API keeps serving, and a new worker finishes both."""
+    origin = next(t for t in bridge.tickets() if t["display"].startswith("SUP"))
+    draft = "Hi Dana, the replacement for order A-100 ships today."
+    config = bridge.config_file()
+    worker = Proc(config, bridge.tmp_path / "worker.log", kind="worker").start(wait=False)
+    api = Proc(config, bridge.tmp_path / "api.log", worker=False).start()  # both at once: they migrate in turn
+    bridge._wire(api.url)
+    jira = bridge.emulators["jira"].emulator
+    try:
+        review = bridge.submit(action_requests=[{"name": "reply", "args": {"body": draft}}],
+                               origin={"connection": "jira", "ticket_id": origin["key"]})
+        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+        bridge.callbacks.delay = 8  # the agent has the callback but does not answer
+        jira.settings.write_delay_ms = 8_000  # Jira stores the reply, then holds its answer
+        bridge.act("jira", key, "approve")
+        wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=15, what="the callback to reach the agent")
+        wait_for(lambda: draft in bridge.comments("jira", origin["key"]), timeout=15,
+                 what="the reply to be stored on the origin ticket")
+        worker.kill()
+        bridge.callbacks.delay = 0
+        jira.settings.write_delay_ms = 0
+
+        during = bridge.review(review["id"])  # the API answers with no worker running
+        assert during["status"] == "approved"
+        assert during["delivery"]["state"] == "pending" and during["postback"]["state"] == "pending"
+
+        worker.start()
+        done = bridge.wait_review(review["id"], lambda r: r["delivery"]["state"] == "delivered"
+                                  and r["postback"]["state"] == "delivered", timeout=30, what="delivery and post-back")
+        assert done["status"] == "approved"
+        assert len(assert_delivered_once_per_id(bridge, review["id"])) >= 2  # delivered again, same webhook-id
+        assert bridge.comments("jira", origin["key"]).count(draft) == 1
+        assert len(hitl_tickets(bridge, review["id"])) == 1
+    finally:
+        worker.kill()
+        api.kill()

@@ -1,7 +1,9 @@
 """End to end over real HTTP with Salesforce: agent -> bridge -> Salesforce emulator (TLS,
-the real `simple-salesforce` client: SOAP login, REST sObjects and SOQL) -> a reviewer changes
-the Case's Status -> a notification (a signed Flow callout, or a SOAP Outbound Message that
-must be acknowledged) -> read-back through the REST API -> decision -> signed callback."""
+the real `simple-salesforce` client: SOAP login or the JWT bearer flow, REST sObjects and
+SOQL) -> a reviewer changes the Case's Status -> a notification (a signed Flow callout, or a
+SOAP Outbound Message that must be acknowledged) -> read-back through the REST API ->
+decision -> signed callback; replies as CaseComments or EmailMessages; reviewer groups from
+queues and permission sets."""
 
 from __future__ import annotations
 
@@ -14,24 +16,51 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from connectors import config_for
 from connectors.emulators.salesforce import ORG_ID
 from connectors.salesforce import ACK_BODY
 from bridge.db import normalize_url
 from connectors.signing import hmac_sha256_hex
-from harness import Bridge
+from harness import Bridge, mapping_variant
 from helpers import wait_for
 
 ROUTES = """
 routes:
+  - name: salesforce-email
+    when: "metadata.queue == 'salesforce-email'"
+    mapping: salesforce_email
+  - name: salesforce-grouped
+    when: "metadata.queue == 'salesforce-grouped'"
+    mapping: salesforce_grouped
   - name: salesforce-queue
     when: "metadata.queue == 'salesforce'"
     mapping: salesforce_review
 """
+MAPPINGS = {
+    # The approved reply goes to the customer as an e-mail on their Case, which is then closed.
+    "salesforce_email": mapping_variant("salesforce_review", "salesforce_email",
+                                        reply={"channel": "email", "fields": {"status": "Closed"}}),
+    # Only the Refund Approvers queue (by API name) or the HITL Refund Reviewer permission set
+    # (by label) may decide.
+    "salesforce_grouped": mapping_variant("salesforce_review", "salesforce_grouped",
+                                          reviewers={"groups": ["Refund_Approvers", "HITL Refund Reviewer"]}),
+}
 
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    b = Bridge(tmp_path_factory.mktemp("salesforce"), vendors=("salesforce",), routes=ROUTES).start()
+    b = Bridge(tmp_path_factory.mktemp("salesforce"), vendors=("salesforce",), routes=ROUTES, mappings=MAPPINGS).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def jwt_bridge(tmp_path_factory):
+    """A bridge whose Salesforce connection logs in with the JWT bearer flow (no password)."""
+    b = Bridge(tmp_path_factory.mktemp("salesforce-jwt"), vendors=("salesforce",), routes=ROUTES, mappings=MAPPINGS)
+    running = b.emulators["salesforce"]
+    b.settings.connections["salesforce"] = config_for(running.connection("salesforce", **running.emulator.jwt_credentials()))
+    b.start()
     yield b
     b.stop()
 
@@ -44,7 +73,7 @@ def emulator(bridge: Bridge):
 
 
 def submit(bridge: Bridge, **overrides) -> dict:
-    return bridge.submit(metadata={"queue": "salesforce", "customer_tier": "gold"}, **overrides)
+    return bridge.submit(**{"metadata": {"queue": "salesforce", "customer_tier": "gold"}, **overrides})
 
 
 def open_case(bridge: Bridge, **overrides) -> tuple[dict, str]:
@@ -417,3 +446,134 @@ def test_reply_is_posted_once_as_a_public_case_comment_on_the_origin_case(bridge
     jobs_done(bridge, review["id"])
     assert len(replies()) == 1
     assert bridge.audit_kinds(review["id"]).count("reply.posted") == 1
+
+
+# ----- JWT bearer login ----------------------------------------------------------------------
+
+
+def test_jwt_bearer_login_end_to_end_with_a_refreshed_session(jwt_bridge):
+    emu = emulator(jwt_bridge)
+    connection = jwt_bridge.settings.connections["salesforce"]
+    assert connection.login_flow == "jwt" and connection.password is None
+    review, key = open_case(jwt_bridge)
+    case = record(jwt_bridge, "Case", key)
+    assert case["HITL_Review_Id__c"] == review["id"]
+    assert case["CreatedById"] == emu.user_id("bridge")  # the JWT's sub, not somebody else
+    settle(jwt_bridge, review["id"], key)
+    with emu.lock:
+        old_sessions = set(emu.sessions)
+    emu.expire_sessions()  # the read-back logs in again with a new assertion
+
+    assert jwt_bridge.act("salesforce", key, "approve", "Photos check out.", user="bob")["status"] == "Approved"
+    decided = jwt_bridge.wait_status(review["id"], "approved")
+    assert decided["decision"]["reviewer"] == {"id": emu.user_id("bob"), "name": "Bob Approver", "email": "bob@example.com"}
+    assert jwt_bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
+    with emu.lock:
+        assert emu.sessions and not set(emu.sessions) & old_sessions
+    failed = db_rows(jwt_bridge, "SELECT kind FROM jobs WHERE review_id = ? AND (attempts > 1 OR last_error IS NOT NULL)",
+                     review["id"])
+    assert failed == []
+
+
+# ----- the reply as an EmailMessage ------------------------------------------------------------
+
+
+def customer_case(bridge: Bridge, subject: str, email: str) -> str:
+    """A customer's Case that came in by e-mail (Email-to-Case sets SuppliedEmail)."""
+    emu = emulator(bridge)
+    with silent(bridge), emu.lock:
+        return emu.create("Case", {"Subject": subject, "Origin": "Email", "SuppliedEmail": email,
+                                   "SuppliedName": "Dave Customer"}, emu.user_id("carol"))
+
+
+def test_reply_by_email_is_one_email_message_on_the_origin_case_even_when_retried(bridge):
+    emu = emulator(bridge)
+    origin_id = customer_case(bridge, "Refund for order C-300?", "dave@example.com")
+    draft = "Hi Dave, your refund for order C-300 is on its way."
+    api = "/services/data/v59.0/sobjects"
+    review, key = open_case(bridge, metadata={"queue": "salesforce-email"}, title="Reply to Dave",
+                            action_requests=[{"name": "reply", "args": {"body": draft}}],
+                            origin={"connection": "salesforce", "ticket_id": origin_id})
+    settle(bridge, review["id"], key)
+    # The first e-mail create fails (503); on the next try the e-mail is stored but closing
+    # the Case fails (503), so the job runs a third time with the e-mail already there.
+    emu.settings.faults = [{"status": 503, "method": "POST", "path_prefix": f"{api}/EmailMessage"},
+                           {"status": 503, "method": "PATCH", "path_prefix": f"{api}/Case/{origin_id}"}]
+    try:
+        bridge.act("salesforce", key, "approve")
+        posted = bridge.wait_review(review["id"], lambda r: r["postback"]["state"] == "delivered", what="post-back")
+    finally:
+        used = [f.times for f in emu.settings.faults]
+        emu.settings.faults = []
+    assert used == [0, 0]  # both faults were hit
+    assert posted["status"] == "approved"
+
+    with emu.lock:
+        emails = [dict(e) for e in emu.emails(origin_id)]
+        case = dict(emu.records["Case"][origin_id])
+    [email] = emails
+    assert email["TextBody"] == draft and email["ToAddress"] == "dave@example.com"
+    assert email["Incoming"] is False and email["Status"] == "3"
+    assert email["Subject"] == "Re: Refund for order C-300?"
+    assert email["CreatedById"] == emu.user_id("bridge")
+    assert case["Status"] == "Closed"  # reply.fields, after the e-mail
+    assert not any(c["CommentBody"] == draft for c in case_comments(bridge, origin_id))  # an e-mail, not a comment
+    assert bridge.ticket("salesforce", origin_id)["emails"][0]["body"] == draft  # what the sandbox page shows
+    assert posted["postback"]["attempts"] == 3
+    assert bridge.audit_kinds(review["id"]).count("reply.posted") == 1
+
+
+def test_reply_by_email_to_a_case_without_an_address_fails_with_a_clear_error(bridge):
+    emu = emulator(bridge)
+    with silent(bridge), emu.lock:
+        origin_id = emu.create("Case", {"Subject": "Walk-in customer", "Origin": "Phone"}, emu.user_id("carol"))
+    review, key = open_case(bridge, metadata={"queue": "salesforce-email"}, title="Reply to a walk-in",
+                            action_requests=[{"name": "reply", "args": {"body": "Thanks for visiting."}}],
+                            origin={"connection": "salesforce", "ticket_id": origin_id})
+    bridge.act("salesforce", key, "approve")
+    failed = bridge.wait_review(review["id"], lambda r: r["postback"]["state"] not in ("not_needed", "pending"),
+                                what="post-back to give up")
+    postback = failed["postback"]
+    assert postback["state"] == "dead" and postback["attempts"] == 1, postback  # permanent: not retried
+    assert "no SuppliedEmail and no Contact email" in postback["last_error"]
+    with emu.lock:
+        assert emu.emails(origin_id) == []
+
+
+# ----- reviewer groups: queues and permission sets ------------------------------------------------
+
+
+def test_only_members_of_the_queue_or_permission_set_decide(bridge):
+    review, key = open_case(bridge, metadata={"queue": "salesforce-grouped"})
+    bridge.act("salesforce", key, "approve", user="alice")  # in the Support Agents group only
+    bridge.wait_comment("salesforce", key, "alice@example.com is not allowed to decide")
+    [refusal] = [c for c in case_comments(bridge, key) if "is not allowed to decide" in c["CommentBody"]]
+    assert refusal["IsPublished"] is False and refusal["CreatedById"] == emulator(bridge).user_id("bridge")
+    time.sleep(0.3)
+    assert bridge.review(review["id"])["status"] == "open"
+    assert not bridge.callbacks_for(review["id"])
+
+    bridge.act("salesforce", key, "set_field", user="bob", field="Status", value="Working")
+    bridge.act("salesforce", key, "approve", user="bob")  # in the Refund Approvers queue
+    decided = bridge.wait_status(review["id"], "approved")
+    assert decided["decision"]["reviewer"]["email"] == "bob@example.com"
+    assert bridge.verified_callback(review["id"])["decisions"] == [{"type": "approve"}]
+
+
+def test_a_permission_set_granted_in_salesforce_counts_at_decision_time(bridge):
+    emu = emulator(bridge)
+    review, key = open_case(bridge, metadata={"queue": "salesforce-grouped"})
+    with emu.lock:
+        emu.create("PermissionSetAssignment", {"AssigneeId": emu.user_id("alice"),
+                                               "PermissionSetId": emu.permission_set("HITL_Refund_Reviewer")},
+                   emu.user_id("bridge"))
+    try:
+        bridge.act("salesforce", key, "reject", "Not with this evidence.", user="alice")
+        decided = bridge.wait_status(review["id"], "rejected")
+        assert decided["decision"]["reviewer"]["email"] == "alice@example.com"
+    finally:
+        with emu.lock:
+            granted = [a for a in emu.records["PermissionSetAssignment"].values()
+                       if a["PermissionSetId"] == emu.permission_set("HITL_Refund_Reviewer")]
+            for assignment in granted:
+                del emu.records["PermissionSetAssignment"][assignment["Id"]]

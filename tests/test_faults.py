@@ -149,3 +149,178 @@ def test_a_rate_limit_pauses_the_connection_without_counting_a_failure():
     breakers.check("jira")  # one trial after the pause
     breakers.succeeded("jira")
     assert breakers.state("jira") == "closed"
+
+
+# ----- timeouts, refused connections, slow responses -----------------------------------
+# End to end through an in-process bridge; the emulators' switches make the faults:
+# ``Fault(hang_ms=...)`` holds a request past the connection's timeout without serving it,
+# ``Fault(late_ms=...)`` serves it (the ticket is stored) and holds the answer past it,
+# ``refuse_connections()`` takes the system off its port, ``latency_ms`` slows every call.
+
+# The first POST under these paths after a review is submitted is its ticket's creation.
+CREATE_PATHS = {
+    "jira": "/rest/api/2/issue",
+    "servicenow": "/api/now/",
+    "zendesk": "/api/v2/tickets.json",
+    "salesforce": "/services/data/",
+}
+DELIVERED = "reached the agent"  # the bridge's comment on the ticket once the agent has the decision
+
+
+def fault_bridge(tmp_path, vendors: tuple[str, ...], *, timeout_seconds: float = 1.0) -> Bridge:
+    """A bridge whose connections give up on a call after ``timeout_seconds``."""
+    routes = "routes:\n" + "".join(
+        f"  - {{name: {v}-queue, when: \"metadata.queue == '{v}'\", mapping: {v}_review}}\n" for v in vendors)
+    bridge = Bridge(tmp_path, vendors=vendors, routes=routes,
+                    worker={"breaker_threshold": 3, "breaker_cooldown_seconds": 2})
+    for name, conn in bridge.settings.connections.items():
+        bridge.settings.connections[name] = conn.model_copy(update={"timeout_seconds": timeout_seconds})
+    return bridge.start()
+
+
+def titled(bridge: Bridge, vendor: str, title: str) -> list[dict]:
+    return [t for t in bridge.tickets(vendor) if title in (t["title"] or "")]
+
+
+def jobs_of(bridge: Bridge, review_id: str, kind: str | None = None) -> list[Job]:
+    db = Database(bridge.database_url)
+    try:
+        with db.transaction() as session:
+            query = select(Job).where(Job.review_id == review_id)
+            return list(session.execute(query.where(Job.kind == kind) if kind else query).scalars())
+    finally:
+        db.dispose()
+
+
+def cli_jobs(bridge: Bridge, state: str) -> list[dict]:
+    listed = CliRunner().invoke(cli, ["jobs", "list", "--state", state, "--json", "--config", str(bridge.config_file())])
+    assert listed.exit_code == 0, listed.output
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def metric(bridge: Bridge, name: str, **labels: str) -> float:
+    """A sample's value on the bridge's /metrics (0 when it has none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with bridge.client() as client:
+        text = client.get("/metrics").text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_a_create_that_times_out_stays_queued_is_retried_and_makes_one_ticket_once_the_fault_clears(tmp_path):
+    bridge = fault_bridge(tmp_path, ("jira",))
+    try:
+        jira = bridge.emulators["jira"].emulator
+        # Jira holds each create past the bridge's 1 s timeout, then gives up (504): nothing stored.
+        jira.settings.faults = [Fault(status=504, hang_ms=1500, times=1000, method="POST", path_prefix=CREATE_PATHS["jira"])]
+        fault = jira.settings.faults[0]
+        review = bridge.submit(title="Refund order T-1")
+        failed = wait_for(lambda: [j for j in jobs_of(bridge, review["id"], "create_ticket")
+                                   if j.attempts >= 2 and "ReadTimeout" in (j.last_error or "")],
+                          timeout=20, what="a create job that timed out and was tried again")
+        assert failed[0].state in ("pending", "running")
+        assert bridge.review(review["id"])["status"] == "queued"
+        assert bridge.review(review["id"])["ticket"] is None
+        assert titled(bridge, "jira", "Refund order T-1") == []
+        assert metric(bridge, "hitl_job_retries_total", kind="create_ticket") >= 1
+
+        jira.settings.faults = []
+        tried = 1000 - fault.times
+        opened = bridge.wait_ticket(review["id"])
+        assert opened["status"] == "open"
+        tickets = titled(bridge, "jira", "Refund order T-1")
+        assert [t["key"] for t in tickets] == [opened["ticket"]["key"]]
+        assert jobs_of(bridge, review["id"], "create_ticket")[0].attempts >= tried + 1
+        assert cli_jobs(bridge, "dead") == []
+    finally:
+        bridge.stop()
+
+
+@pytest.mark.parametrize("vendor", ["jira", "servicenow", "zendesk", "salesforce"])
+def test_a_create_whose_answer_comes_after_the_timeout_makes_one_ticket(tmp_path, vendor):
+    """The system stores the ticket but answers after the bridge gave up: the retry finds
+    the ticket by its review id instead of creating a second one."""
+    bridge = fault_bridge(tmp_path, (vendor,))
+    try:
+        emulator = bridge.emulators[vendor].emulator
+        emulator.settings.faults = [Fault(late_ms=2500, method="POST", path_prefix=CREATE_PATHS[vendor])]
+        title = f"Refund order L-1 via {vendor}"
+        review = bridge.submit(title=title, metadata={"queue": vendor})
+        opened = bridge.wait_review(review["id"], lambda r: r["ticket"] is not None, timeout=30, what="the ticket")
+        assert emulator.settings.faults[0].times == 0  # the late answer did happen
+        assert opened["status"] == "open"
+        tickets = titled(bridge, vendor, title)
+        assert len(tickets) == 1, [t["key"] for t in tickets]
+        assert tickets[0]["key"] == opened["ticket"]["key"]
+        assert jobs_of(bridge, review["id"], "create_ticket")[0].attempts >= 2  # the first attempt timed out
+
+        bridge.act(vendor, opened["ticket"]["key"], "approve")
+        assert bridge.verified_callback(review["id"])["status"] == "approved"
+        assert len(titled(bridge, vendor, title)) == 1
+    finally:
+        bridge.stop()
+
+
+def test_refused_connections_open_the_circuit_while_other_systems_flow_and_nothing_is_lost(tmp_path):
+    bridge = fault_bridge(tmp_path, ("jira", "servicenow"))
+    try:
+        jira = bridge.emulators["jira"]
+        jira.refuse_connections()  # Jira is down: nothing listens on its port
+        stuck = [bridge.submit(title=f"Refund order R-{n}", metadata={"queue": "jira"}) for n in range(4)]
+        held = wait_for(lambda: [row for row in cli_jobs(bridge, "pending") if "circuit open" in (row["last_error"] or "")],
+                        timeout=20, what="jobs held by Jira's open circuit")
+        assert {row["review_id"] for row in held} <= {r["id"] for r in stuck}
+        unreachable = [j for r in stuck for j in jobs_of(bridge, r["id"]) if "unreachable" in (j.last_error or "")]
+        assert unreachable or held  # some attempt saw the refusal before the circuit held the rest
+
+        # ServiceNow is not held up: a review for it is decided and delivered meanwhile.
+        other = bridge.submit(title="Refund order S-1", metadata={"queue": "servicenow"})
+        key = bridge.wait_ticket(other["id"])["ticket"]["key"]
+        bridge.act("servicenow", key, "approve")
+        assert bridge.verified_callback(other["id"])["status"] == "approved"
+        assert {bridge.review(r["id"])["status"] for r in stuck} == {"queued"}
+
+        jira.accept_connections()  # back on the same URL: everything drains
+        for n, review in enumerate(stuck):
+            opened = bridge.wait_ticket(review["id"])
+            assert [t["key"] for t in titled(bridge, "jira", f"Refund order R-{n}")] == [opened["ticket"]["key"]]
+            bridge.act("jira", opened["ticket"]["key"], "approve")
+        for review in stuck:
+            assert bridge.verified_callback(review["id"])["status"] == "approved"
+            assert {hit.headers["webhook-id"] for hit in bridge.callbacks_for(review["id"])} == {f"msg_{review['id']}"}
+        assert cli_jobs(bridge, "dead") == []
+        assert len(titled(bridge, "jira", "Refund order R-")) == len(stuck)
+    finally:
+        bridge.stop()
+
+
+def test_slow_responses_below_the_timeout_complete_without_a_single_retry(tmp_path):
+    bridge = fault_bridge(tmp_path, ("jira",), timeout_seconds=3.0)
+    try:
+        jira = bridge.emulators["jira"].emulator
+        jira.settings.latency_ms = 250  # every call to Jira is slow, none past the timeout
+        origin = next(t for t in bridge.tickets() if t["display"].startswith("SUP"))
+        draft = "Hi Carol, your refund for order A-100 is on its way."
+        reviews = [bridge.submit(title=f"Refund order W-{n}") for n in range(2)]
+        reviews.append(bridge.submit(title="Reply to Carol", action_requests=[{"name": "reply", "args": {"body": draft}}],
+                                     origin={"connection": "jira", "ticket_id": origin["key"]}))
+        keys = [bridge.wait_ticket(r["id"])["ticket"]["key"] for r in reviews]
+        for key in keys:
+            bridge.act("jira", key, "approve")
+        for review, key in zip(reviews, keys):
+            bridge.wait_review(review["id"], lambda r: r["delivery"]["state"] == "delivered", timeout=30, what="delivery")
+            bridge.wait_comment("jira", key, DELIVERED)
+        bridge.wait_review(reviews[-1]["id"], lambda r: r["postback"]["state"] == "delivered", timeout=30, what="post-back")
+
+        assert metric(bridge, "hitl_job_retries_total") == 0
+        assert all(job.attempts == 1 for r in reviews for job in jobs_of(bridge, r["id"]))
+        for n in range(2):
+            assert len(titled(bridge, "jira", f"Refund order W-{n}")) == 1
+        for key in keys:
+            comments = bridge.comments("jira", key)
+            assert len(comments) == len(set(comments)), comments  # no comment posted twice
+        assert bridge.comments("jira", origin["key"]).count(draft) == 1
+        assert all(len(bridge.callbacks_for(r["id"])) == 1 for r in reviews)
+    finally:
+        bridge.stop()

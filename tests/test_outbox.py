@@ -11,7 +11,7 @@ import pytest
 from bridge import outbox
 from bridge.db import Database
 from bridge.migrate import upgrade
-from bridge.models import Review
+from bridge.models import Job, Review
 from harness import Bridge, TestDatabase
 from helpers import wait_for
 from procs import Proc
@@ -69,6 +69,30 @@ def test_an_expired_lease_is_claimed_again_and_a_released_job_at_once(db):
     time.sleep(0.4)
     taken_over = outbox.claim(db, "other", lease_seconds=60)
     assert taken_over.id == first.id and taken_over.attempts == 2
+
+
+def test_a_job_kind_from_a_newer_version_is_handed_back_at_once_not_held_for_a_lease(tmp_path):
+    """Rolling deploys: an old worker meets a job kind only the new version knows."""
+    bridge = Bridge(tmp_path)
+    bridge.settings.worker.lease_seconds = 600  # held for a lease, the job would not come back in time
+    bridge.start()
+    try:
+        review = bridge.wait_ticket(bridge.submit()["id"])
+        db = Database(bridge.database_url)
+        with db.transaction() as session:
+            job_id = outbox.enqueue(session, review["id"], "added_in_a_later_version")
+
+        def handed_back() -> Job | None:
+            with db.read() as session:
+                job = session.get(Job, job_id)
+                return job if job.last_error and job.state == "pending" else None
+
+        job = wait_for(handed_back, timeout=10, what="the unknown job handed back")
+        assert "does not know job kind 'added_in_a_later_version'" in job.last_error
+        assert job.attempts == 0 and job.locked_until is None
+        db.dispose()
+    finally:
+        bridge.stop()
 
 
 @pytest.mark.skipif(not TestDatabase.postgres_configured(), reason="LISTEN/NOTIFY needs HITL_TEST_DATABASE_URL (PostgreSQL)")

@@ -9,7 +9,10 @@ so the real client libraries talk to it unmodified. Each vendor module subclasse
   latency and injected faults, inspect webhook deliveries, reset;
 * a fault/latency middleware (``latency_ms``, ``write_delay_ms``: the response to a write is
   held back *after* the write is stored, which is how crash tests kill the bridge between
-  the upstream's commit and its own), and one-shot faults (429 with Retry-After, 5xx);
+  the upstream's commit and its own), and one-shot faults (429 with Retry-After, 5xx,
+  a request held past the client's timeout before or after it is served);
+* ``RunningEmulator.refuse_connections()`` / ``accept_connections()``: the system is down
+  (connections refused on its port) and back, its state kept;
 * a background webhook sender that retries like the vendors do;
 * ``serve()``: run any ASGI app on a free loopback port, with TLS from a test CA when the
   vendor's client library insists on https.
@@ -45,13 +48,21 @@ log = logging.getLogger("connectors.emulator")
 
 
 class Fault(BaseModel):
-    """Answer the next ``times`` matching requests with ``status`` instead of serving them."""
+    """Answer the next ``times`` matching requests with ``status`` instead of serving them.
+
+    ``hang_ms``: hold the request that long first (then answer ``status``, nothing stored):
+    a client with a shorter timeout gives up, as behind a gateway that timed out.
+    ``late_ms``: serve the request (a write is stored), then hold its answer that long: a
+    client with a shorter timeout never hears that its write succeeded. ``status`` is unused.
+    """
 
     status: int = 500
     times: int = 1
     retry_after: int | None = None
     method: str | None = None
     path_prefix: str | None = None
+    hang_ms: int = Field(default=0, ge=0)
+    late_ms: int = Field(default=0, ge=0)
 
     def matches(self, method: str, path: str) -> bool:
         if self.times <= 0:
@@ -308,7 +319,12 @@ class FaultMiddleware:
         if settings.latency_ms:
             await asyncio.sleep(settings.latency_ms / 1000)
         fault = self.emulator.take_fault(scope["method"], scope["path"])
+        if fault is not None and fault.late_ms:
+            await self._answer_late(scope, receive, send, fault.late_ms)
+            return
         if fault is not None:
+            if fault.hang_ms:
+                await asyncio.sleep(fault.hang_ms / 1000)
             response = self.emulator.error_response(
                 fault.status, "injected fault", retry_after=fault.retry_after
             )
@@ -316,17 +332,21 @@ class FaultMiddleware:
             return
         exempt = self.emulator.write_delay_exempt and scope["path"].startswith(self.emulator.write_delay_exempt)
         if settings.write_delay_ms and scope["method"] not in ("GET", "HEAD") and not exempt:
-            held: list[dict] = []
-
-            async def hold(message: dict) -> None:
-                held.append(message)
-
-            await self.app(scope, receive, hold)
-            await asyncio.sleep(settings.write_delay_ms / 1000)
-            for message in held:
-                await send(message)
+            await self._answer_late(scope, receive, send, settings.write_delay_ms)
             return
         await self.app(scope, receive, send)
+
+    async def _answer_late(self, scope, receive, send, delay_ms: int) -> None:
+        """Serve the request (its write is stored), then hold the answer ``delay_ms``."""
+        held: list[dict] = []
+
+        async def hold(message: dict) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        await asyncio.sleep(delay_ms / 1000)
+        for message in held:
+            await send(message)
 
 
 # ----- serving ---------------------------------------------------------------
@@ -361,9 +381,14 @@ def free_socket(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-def serve(app: Callable, *, host: str = "127.0.0.1", port: int = 0, tls: bool = False, name: str = "server") -> RunningServer:
-    """Run an ASGI app on loopback in a daemon thread; returns once it accepts connections."""
-    sock = free_socket(host) if port == 0 else None
+def serve(
+    app: Callable, *, host: str = "127.0.0.1", port: int = 0, tls: bool = False, name: str = "server",
+    sock: socket.socket | None = None,
+) -> RunningServer:
+    """Run an ASGI app on loopback in a daemon thread; returns once it accepts connections.
+    ``sock``: a bound, listening socket to serve on (else ``port``, else a free port)."""
+    if sock is None and port == 0:
+        sock = free_socket(host)
     ssl_kwargs: dict[str, Any] = {}
     ca_bundle = None
     files: list[Path] = []
@@ -402,6 +427,7 @@ def serve(app: Callable, *, host: str = "127.0.0.1", port: int = 0, tls: bool = 
 class RunningEmulator:
     emulator: Emulator
     server: RunningServer
+    _closed_port: socket.socket | None = field(default=None, repr=False)  # while refusing connections
 
     @property
     def url(self) -> str:
@@ -413,7 +439,40 @@ class RunningEmulator:
 
     def stop(self) -> None:
         self.server.stop()
+        if self._closed_port is not None:
+            self._closed_port.close()
+            self._closed_port = None
         self.emulator.webhooks.stop()
+
+    def refuse_connections(self) -> None:
+        """The system goes down: stop serving and keep its port bound but not listening, so
+        connections to it are refused (and no other server takes the port meanwhile)."""
+        if self._closed_port is not None:
+            return
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server.stop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 10
+        while True:  # the old listener's socket may take a moment to close
+            try:
+                sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sock.close()
+                    raise
+                time.sleep(0.05)
+        self._closed_port = sock
+
+    def accept_connections(self) -> None:
+        """The system is back on the same URL, with the state it had."""
+        sock, self._closed_port = self._closed_port, None
+        if sock is None:
+            return
+        sock.listen(128)
+        name = f"{self.emulator.vendor}-emulator"
+        self.server = serve(self.emulator.build_app(), tls=self.emulator.tls, name=name, sock=sock)
 
 
 def start_emulator(emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 from simple_salesforce.login import SalesforceLogin
@@ -13,6 +17,7 @@ from simple_salesforce.login import SalesforceLogin
 from connectors import config_for, connector_for
 from connectors.emulators import Act, start_emulator
 from connectors.emulators.salesforce import SalesforceEmulator
+from connectors.base import Person
 from connectors.errors import AuthError, PermanentError, RateLimitedError, WebhookVerificationError
 from connectors.http import PinnedSession
 from connectors.salesforce import ACK_BODY
@@ -74,6 +79,88 @@ def test_oauth_client_credentials_login(org):
     with pytest.raises(AuthError):
         wrong.check()
     wrong.close()
+
+
+def other_rsa_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def test_jwt_bearer_login_signs_a_short_assertion_the_org_verifies(org):
+    seen = []
+    connector = connect(org, **org.emulator.jwt_credentials())
+    session = connector._session()
+    session.hooks["response"].append(lambda response, **kw: seen.append(response.request))
+    me = connector.check()
+    assert me.name == "HITL Bridge Integration"
+    [token_call] = [r for r in seen if r.url.endswith("/services/oauth2/token")]
+    form = dict(pair.split("=", 1) for pair in token_call.body.split("&"))
+    assert form["grant_type"] == "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"
+    assertion = form["assertion"]
+    public = org.emulator.connected_app["jwt_public_key"]
+    claims = jwt.decode(assertion, public, algorithms=["RS256"], audience=org.url)
+    assert claims["iss"] == org.emulator.connected_app["key"] and claims["sub"] == "bridge@hitl.example"
+    assert 0 < claims["exp"] - time.time() <= 180
+    assert jwt.get_unverified_header(assertion)["alg"] == "RS256"
+    ref = connector.create_ticket(FIELDS, review_id="rev_jwt")
+    assert connector.get_ticket(ref.key).fields["CreatedById"] == me.id
+    connector.close()
+
+
+def test_jwt_session_is_refreshed_with_a_new_assertion(org):
+    connector = connect(org, **org.emulator.jwt_credentials())
+    ref = connector.create_ticket(FIELDS, review_id="rev_jwt_refresh")
+    before = set(org.emulator.sessions)
+    org.emulator.expire_sessions()
+    connector.update_ticket(ref.key, {"status": "Working"})
+    assert connector.get_ticket(ref.key).status == "Working"
+    assert org.emulator.sessions and not set(org.emulator.sessions) & before
+    connector.close()
+
+
+@pytest.mark.parametrize(("overrides", "clock", "says"), [
+    ({"private_key": "other"}, 0, "invalid assertion: the assertion's signature does not verify"),
+    ({"jwt_audience": "https://login.salesforce.com"}, 0, "audience is invalid: aud must be the login host"),
+    ({}, 600, "expired authorization code: the assertion has expired"),
+    ({"consumer_key": "3MVG9someOtherApp"}, 0, "client identifier invalid: consumer_key is not"),
+    ({"username": "alice@hitl.example"}, 0, "user hasn't approved this consumer: the user is not pre-authorized"),
+])
+def test_refused_jwt_is_an_auth_error_saying_why(org, overrides, clock, says):
+    if overrides.get("private_key") == "other":
+        overrides = {"private_key": other_rsa_key()}
+    org.emulator.clock_offset_seconds = clock  # the org's clock is 10 minutes ahead: the 3-minute assertion is stale
+    connector = connect(org, **{**org.emulator.jwt_credentials(), **overrides})
+    with pytest.raises(AuthError) as caught:
+        connector.check()
+    assert says in str(caught.value)
+    assert "PRIVATE KEY" not in str(caught.value) and "BEGIN" not in str(caught.value)
+    assert not org.emulator.sessions
+    connector.close()
+
+
+def test_jwt_configuration_mistakes_are_clear(org, tmp_path):
+    creds = org.emulator.jwt_credentials()
+    with pytest.raises(ValidationError, match="not an unencrypted PEM private key"):
+        config_for(org.connection("salesforce", **{**creds, "private_key": "not a key"}))
+    ec_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    with pytest.raises(ValidationError, match="must be an RSA key"):
+        config_for(org.connection("salesforce", **{**creds, "private_key": ec_key}))
+    with pytest.raises(ValidationError, match="needs consumer_key and username"):
+        config_for(org.connection("salesforce", **{**creds, "username": None}))
+    with pytest.raises(ValidationError, match="not several"):
+        config_for(org.connection("salesforce", **{**creds, "password": "bridge-password"}))
+    # The key from a file works like the key inline; an unreadable file is a clear AuthError.
+    key_file = tmp_path / "sf.pem"
+    key_file.write_text(creds["private_key"])
+    from_file = connect(org, **{**creds, "private_key": None, "private_key_file": str(key_file)})
+    assert from_file.check().name == "HITL Bridge Integration"
+    from_file.close()
+    missing = connect(org, **{**creds, "private_key": None, "private_key_file": str(tmp_path / "nope.pem")})
+    with pytest.raises(AuthError, match="private_key_file cannot be read"):
+        missing.check()
+    missing.close()
 
 
 def test_wrong_token_is_an_auth_error_without_secrets(org):
@@ -173,6 +260,52 @@ def test_reply_is_a_public_case_comment_on_the_origin_case(org, sf):
     assert customer.author.email == "carol@example.com" and customer.public and not customer.by_bridge
 
 
+def emails_on(org, case_id):
+    with org.emulator.lock:
+        return [dict(e) for e in org.emulator.emails(case_id)]
+
+
+def test_email_reply_is_an_outgoing_email_message_on_the_case_once(org, sf):
+    origin = next(t for t in org.emulator.list_tickets() if t["title"] == "Espresso machine arrived damaged")
+    assert sf.reply_by_email(origin["display"].split()[1], "We have refunded order A-100.") is True
+    assert sf.reply_by_email(origin["key"], "We have refunded order A-100.") is False  # a retried job
+    [email] = emails_on(org, origin["key"])
+    assert email["ToAddress"] == "carol@example.com" and email["Incoming"] is False and email["Status"] == "3"
+    assert email["Subject"] == "Re: Espresso machine arrived damaged"
+    assert email["TextBody"] == "We have refunded order A-100."
+    assert email["FromAddress"] == "hitl-bridge@example.com" and email["CreatedById"] == org.emulator.user_id("bridge")
+    assert sf.reply_by_email(origin["key"], "A second, different reply.") is True
+    assert len(emails_on(org, origin["key"])) == 2
+
+
+def test_email_reply_goes_to_the_contact_without_a_supplied_email_or_fails_clearly(org, sf):
+    with org.emulator.lock:
+        contact = org.emulator.records["User"][org.emulator.user_id("carol")]["ContactId"]
+        by_contact = org.emulator.create("Case", {"Subject": "Phone call", "ContactId": contact}, org.emulator.user_id("carol"))
+        nobody = org.emulator.create("Case", {"Subject": "Walk-in"}, org.emulator.user_id("carol"))
+    sf.reply_by_email(by_contact, "Thanks for calling.")
+    assert [e["ToAddress"] for e in emails_on(org, by_contact)] == ["carol@example.com"]
+    with pytest.raises(PermanentError, match="no SuppliedEmail and no Contact email"):
+        sf.reply_by_email(nobody, "Hello?")
+    assert emails_on(org, nobody) == []
+
+
+def test_groups_of_reads_queues_public_groups_and_permission_sets(org, sf):
+    def groups(who):
+        user = org.emulator.records["User"][org.emulator.user_id(who)]
+        return sf.groups_of(Person(id=user["Id"], name=user["Name"], email=user["Email"]))
+
+    # Queues and public groups (not roles), permission sets (not the profile's own).
+    assert groups("bob") == {"Refund_Approvers", "Refund Approvers", "Support_Agents", "Support Agents"}
+    assert groups("alice") == {"Support_Agents", "Support Agents"}
+    with org.emulator.lock:
+        org.emulator.create("PermissionSetAssignment", {"AssigneeId": org.emulator.user_id("alice"),
+                                                        "PermissionSetId": org.emulator.permission_set("HITL_Refund_Reviewer")},
+                            org.emulator.user_id("bridge"))
+    assert groups("alice") == {"Support_Agents", "Support Agents", "HITL_Refund_Reviewer", "HITL Refund Reviewer"}
+    assert sf.groups_of(Person(id="x' OR Name != 'y")) == set()  # not an id: nothing asked
+
+
 # ----- Flow callouts -------------------------------------------------------------------------
 
 def signed(secret, payload, *, stamp=None):
@@ -212,7 +345,9 @@ def test_outbound_message_is_parsed_acked_and_resent_with_the_same_ids(org, sf, 
     ref = sf.create_ticket(FIELDS, review_id="rev_om")  # recorder answers JSON: not an Ack, so resent
     first = wait_for(lambda: org.emulator.webhooks.deliveries and org.emulator.webhooks.deliveries[0].attempts == 3
                      and org.emulator.webhooks.deliveries[0], what="three attempts")
-    resent = [r for r in recorder.requests if r.path == "/hook"]
+    # attempts counts a try as it starts: wait for the third request itself to arrive
+    resent = wait_for(lambda: len(hits := [r for r in recorder.requests if r.path == "/hook"]) >= 3 and hits,
+                      what="three requests")
     assert len(resent) == 3 and len({r.body for r in resent}) == 1 and first.attempts == 3
     ids = [[e.event_id for e in sf.verify_and_parse_webhook(r.headers, r.body)] for r in resent]
     assert ids[0] == ids[1] == ids[2] and ids[0][0].startswith("om:04l")

@@ -1,93 +1,34 @@
-"""Salesforce Service Cloud emulator: SOAP login, OAuth, the REST sObject/query subset, and
-notifications (a signed Flow callout by default, or SOAP Outbound Messages resent until acked).
+"""Salesforce Service Cloud emulator: SOAP login, OAuth (client credentials and the JWT bearer
+flow, in ``login``), the REST sObject/query subset, and notifications (a signed Flow callout
+by default, or SOAP Outbound Messages resent until acked).
 
 ``simple-salesforce`` builds ``https://`` URLs itself, so this emulator serves TLS (``tls``).
 Sessions can be expired (``expire_sessions()``) to exercise the client's re-login; a daily
-API limit (``api_limit``) answers 403 REQUEST_LIMIT_EXCEEDED like a real org.
+API limit (``api_limit``) answers 403 REQUEST_LIMIT_EXCEEDED like a real org. The org has
+queues, public groups and permission sets (``groups_of`` reads them) and stores the
+EmailMessages posted on Cases.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import re
-import secrets
-import time
-from datetime import datetime, timezone
 from typing import Any, Literal
-from urllib.parse import parse_qs
-from xml.sax.saxutils import escape
 
-import httpx2
-from defusedxml.ElementTree import fromstring as safe_fromstring
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...signing import hmac_sha256_hex
 from ..base import Act, Emulator
+from .login import LoginRoutes, connected_app_key
+from .notify import Notifications
+from .schema import CLOSED, ORG_ID, PARENT_TYPES, SCHEMA, STATUSES, sf_id
+from .schema import now as _now
 
-ORG_ID = "00D5g000004HITLEAY"
-PARTNER_NS = "urn:partner.soap.sforce.com"
-STATUSES = ["New", "Working", "Escalated", "Approved", "Rejected", "Responded", "Closed"]
-CLOSED = {"Closed", "Approved", "Rejected"}
+__all__ = ["ORG_ID", "SCHEMA", "STATUSES", "SalesforceEmulator", "SfError", "sf_id"]
+
 _LOGIN_PATHS = ("/services/Soap/u/", "/services/oauth2/token")
 _ERROR_CODES = {400: "MALFORMED_QUERY", 401: "INVALID_SESSION_ID", 403: "REQUEST_LIMIT_EXCEEDED",
                 404: "NOT_FOUND", 429: "REQUEST_LIMIT_EXCEEDED", 500: "UNKNOWN_EXCEPTION", 503: "SERVER_UNAVAILABLE"}
-
-
-def _f(kind: str, *, create: bool = True, update: bool = True, length: int | None = None,
-       required: bool = False, values: list[str] | None = None, restricted: bool = False,
-       unique: bool = False) -> dict[str, Any]:
-    return dict(type=kind, createable=create, updateable=update, length=length, required=required,
-                values=values, restricted=restricted, unique=unique)
-
-
-_RO = dict(create=False, update=False)
-_AUDIT = {"CreatedDate": _f("datetime", **_RO), "CreatedById": _f("reference", **_RO),
-          "LastModifiedDate": _f("datetime", **_RO), "LastModifiedById": _f("reference", **_RO),
-          "SystemModstamp": _f("datetime", **_RO), "IsDeleted": _f("boolean", **_RO)}
-SCHEMA: dict[str, dict[str, Any]] = {
-    "Case": {"prefix": "500", "fields": {
-        "Id": _f("id", **_RO), "CaseNumber": _f("string", **_RO), "Subject": _f("string", length=255),
-        "Description": _f("textarea", length=32000), "Status": _f("picklist", values=STATUSES, restricted=True),
-        "Priority": _f("picklist", values=["High", "Medium", "Low"]),
-        "Origin": _f("picklist", values=["Phone", "Email", "Web", "AI Agent"]),
-        "Type": _f("picklist", values=["Question", "Problem", "Feature Request"]),
-        "Reason": _f("string", length=255), "ContactId": _f("reference"), "OwnerId": _f("reference"),
-        "SuppliedEmail": _f("email", length=80), "SuppliedName": _f("string", length=80),
-        "IsClosed": _f("boolean", **_RO), "IsEscalated": _f("boolean"), "ClosedDate": _f("datetime", **_RO),
-        "HITL_Review_Id__c": _f("string", length=255, unique=True),
-        "AI_Review_Decision__c": _f("picklist", values=["Approved", "Rejected", "Responded"]),
-        "AI_Edited_Reply__c": _f("textarea", length=32768), **_AUDIT}},
-    "CaseComment": {"prefix": "00a", "fields": {
-        "Id": _f("id", **_RO), "ParentId": _f("reference", update=False, required=True),
-        "CommentBody": _f("textarea", length=4000), "IsPublished": _f("boolean"), **_AUDIT}},
-    "User": {"prefix": "005", "fields": {
-        "Id": _f("id", **_RO), "Username": _f("string", **_RO), "Name": _f("string", **_RO),
-        "Email": _f("email", **_RO), "IsActive": _f("boolean", **_RO), "UserType": _f("string", **_RO),
-        "ContactId": _f("reference", **_RO)}},
-    "Contact": {"prefix": "003", "fields": {
-        "Id": _f("id", **_RO), "FirstName": _f("string"), "LastName": _f("string", required=True),
-        "Name": _f("string", **_RO), "Email": _f("email"), **_AUDIT}},
-}
-
-
-def sf_id(prefix: str, number: int) -> str:
-    """An 18-char Salesforce id: 15 case-sensitive chars plus the real case-checksum suffix."""
-    base = f"{prefix}5g{number:010d}"
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-    suffix = ""
-    for chunk in range(3):
-        bits = sum(1 << i for i, ch in enumerate(base[chunk * 5:chunk * 5 + 5]) if ch.isupper())
-        suffix += alphabet[bits]
-    return base + suffix
-
-
-def _now() -> str:
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"
 
 
 def _errors(status: int, code: str, message: str, fields: list[str] | None = None, **headers: str) -> JSONResponse:
@@ -103,17 +44,7 @@ class SfError(Exception):
         self.response = _errors(status, code, message, fields)
 
 
-def _soap_fault(code: str, message: str) -> Response:
-    xml = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-           'xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-           f"<soapenv:Body><soapenv:Fault><faultcode>{code}</faultcode><faultstring>{code}: {escape(message)}</faultstring>"
-           f'<detail><sf:LoginFault xsi:type="sf:LoginFault"><sf:exceptionCode>{code}</sf:exceptionCode>'
-           f"<sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:LoginFault></detail>"
-           "</soapenv:Fault></soapenv:Body></soapenv:Envelope>")
-    return Response(xml, status_code=500, media_type="text/xml")
-
-
-class SalesforceEmulator(Emulator):
+class SalesforceEmulator(LoginRoutes, Notifications, Emulator):
     write_delay_exempt = _LOGIN_PATHS  # a login is not a ticket write
     vendor = "salesforce"
     tls = True
@@ -123,6 +54,8 @@ class SalesforceEmulator(Emulator):
         """How changes are announced: "flow" (a signed JSON callout, the default because it
         is the only authenticated kind) or "outbound_message" (SOAP, resent until acked)."""
         self.api_limit = 100_000
+        self.clock_offset_seconds = 0.0
+        """How far this org's clock is ahead of the bridge's (JWT assertions expire sooner)."""
         super().__init__(**settings)
 
     # ----- state -------------------------------------------------------------
@@ -143,7 +76,13 @@ class SalesforceEmulator(Emulator):
             self.records["User"][user_id] = {"Id": user_id, "Username": f"{short}@hitl.example", "Name": name,
                                              "Email": email, "IsActive": True, "UserType": kind, "ContactId": None}
             self.users[short] = {"id": user_id, "password": f"{short}-password", "token": f"{short}TOKEN"}
-        self.connected_app = {"key": "3MVG9hitlBridgeConsumerKey", "secret": "hitl-consumer-secret", "user": "bridge"}
+        private_pem, public_pem = connected_app_key()
+        # The connected app: a consumer secret (client credentials, run as the bridge user) and
+        # an uploaded certificate (JWT bearer; the bridge holds the private key) with the users
+        # that are pre-authorized for it.
+        self.connected_app = {"key": "3MVG9hitlBridgeConsumerKey", "secret": "hitl-consumer-secret", "user": "bridge",
+                              "jwt_public_key": public_pem, "jwt_private_key": private_pem, "jwt_users": {"bridge"}}
+        self._seed_groups()
         carol = self.user_id("carol")
         contact = self._insert("Contact", {"FirstName": "Carol", "LastName": "Customer", "Name": "Carol Customer",
                                            "Email": "carol@example.com"}, carol)
@@ -157,6 +96,26 @@ class SalesforceEmulator(Emulator):
                                             "Origin": "Email", "ContactId": contact, "SuppliedEmail": "carol@example.com",
                                             "SuppliedName": "Carol Customer"}, carol)
             self._insert("CaseComment", {"ParentId": case_id, "CommentBody": description, "IsPublished": True}, carol)
+
+    def _seed_groups(self) -> None:
+        """Bob is in the Refund Approvers queue; alice and bob in the Support Agents public
+        group; everyone has their profile's permission set; nobody has HITL Refund Reviewer yet."""
+        bridge = self.user_id("bridge")
+        queue = self._insert("Group", {"Name": "Refund Approvers", "DeveloperName": "Refund_Approvers", "Type": "Queue"}, bridge)
+        team = self._insert("Group", {"Name": "Support Agents", "DeveloperName": "Support_Agents", "Type": "Regular"}, bridge)
+        role = self._insert("Group", {"Name": "CEO", "DeveloperName": "CEO", "Type": "Role"}, bridge)
+        members = [(queue, "bob"), (team, "alice"), (team, "bob"), (role, "alice")]
+        for group, who in members:
+            self._insert("GroupMember", {"GroupId": group, "UserOrGroupId": self.user_id(who)}, bridge)
+        self._insert("PermissionSet", {"Name": "HITL_Refund_Reviewer", "Label": "HITL Refund Reviewer",
+                                       "IsOwnedByProfile": False}, bridge)
+        profile = self._insert("PermissionSet", {"Name": "X00e5g000001StandardUser", "Label": "00e5g000001StandardUser",
+                                                 "IsOwnedByProfile": True}, bridge)
+        for short in self.users:
+            self._insert("PermissionSetAssignment", {"AssigneeId": self.user_id(short), "PermissionSetId": profile}, bridge)
+
+    def permission_set(self, name: str) -> str:
+        return next(p["Id"] for p in self.records["PermissionSet"].values() if p["Name"] == name)
 
     def user_id(self, who: str) -> str:
         if who in self.users:
@@ -188,6 +147,9 @@ class SalesforceEmulator(Emulator):
             self._closed(record)
         if sobject == "CaseComment":
             record["IsPublished"] = bool(record.get("IsPublished"))
+        if sobject == "EmailMessage":
+            record["Incoming"] = bool(record.get("Incoming"))
+            record["IsExternallyVisible"] = record.get("IsExternallyVisible") is not False
         self.records[sobject][record_id] = record
         return record_id
 
@@ -236,8 +198,10 @@ class SalesforceEmulator(Emulator):
         missing = [n for n, s in fields.items() if creating and s["required"] and not data.get(n)]
         if missing:
             raise SfError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
-        if sobject == "CaseComment" and creating and self._find(str(data["ParentId"]))[0] != "Case":
-            raise SfError(400, "FIELD_INTEGRITY_EXCEPTION", "Parent ID: id value of incorrect type", ["ParentId"])
+        parent_field = next((n for n in ("ParentId", "GroupId", "PermissionSetId") if n in fields), None)
+        if creating and sobject in PARENT_TYPES and data.get(parent_field) \
+                and self._find(str(data[parent_field]))[0] != PARENT_TYPES[sobject]:
+            raise SfError(400, "FIELD_INTEGRITY_EXCEPTION", f"{parent_field}: id value of incorrect type", [parent_field])
         return {k: v for k, v in data.items() if k not in ("attributes", "Id")}
 
     def create(self, sobject: str, data: Any, user_id: str) -> str:
@@ -257,55 +221,6 @@ class SalesforceEmulator(Emulator):
         changed = "status_changed" if record.get("Status") != status_before else "updated"
         self._announce(sobject, record, changed)
 
-    # ----- notifications -----------------------------------------------------
-    def _announce(self, sobject: str, record: dict[str, Any], kind: str) -> None:
-        if sobject not in ("Case", "CaseComment") or not self.settings.webhook_url:
-            return
-        if self.notify == "outbound_message":
-            self.webhooks.send(self.outbound_message([(sobject, record)]), {"Content-Type": "text/xml; charset=utf-8",
-                                                                              "SOAPAction": '""'})
-            return
-        case_id = record["ParentId"] if sobject == "CaseComment" else record["Id"]
-        kind = "comment_added" if sobject == "CaseComment" else kind
-        self._notification += 1
-        body = json.dumps({"record_id": case_id, "object": "Case", "event_id": f"evt-{self._notification:06d}-"
-                           f"{secrets.token_hex(4)}", "timestamp": _now(), "kind": kind}).encode()
-        stamp = str(int(time.time()))
-        signature = hmac_sha256_hex(self.settings.webhook_secret or "", stamp.encode() + b"." + body)
-        self.webhooks.send(body, {"Content-Type": "application/json", "X-Hitl-Timestamp": stamp,
-                                  "X-Hitl-Signature": signature})
-
-    def outbound_message(self, items: list[tuple[str, dict[str, Any]]]) -> str:
-        """A SOAP ``notifications`` envelope as Salesforce's Outbound Message action sends it."""
-        shown = {"Case": ["Id", "CaseNumber", "Status", "LastModifiedById", "LastModifiedDate", "HITL_Review_Id__c"],
-                 "CaseComment": ["Id", "ParentId", "IsPublished", "CreatedById", "CreatedDate"]}
-        notes = []
-        for sobject, record in items:
-            self._notification += 1
-            values = "".join(f"<sf:{name}>{escape(str(record[name]).lower() if isinstance(record[name], bool) else str(record[name]))}"
-                             f"</sf:{name}>" for name in shown[sobject] if record.get(name) is not None)
-            notes.append(f"<Notification><Id>{sf_id('04l', self._notification)}</Id>"
-                         f'<sObject xsi:type="sf:{sobject}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
-                         f"{values}</sObject></Notification>")
-        api = f"{self.base_url}/services/Soap"
-        return ('<?xml version="1.0" encoding="UTF-8"?>\n<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-                'xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-                '<soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound">'
-                f"<OrganizationId>{ORG_ID}</OrganizationId><ActionId>{sf_id('04k', 1)}</ActionId>"
-                f'<SessionId xsi:nil="true"/><EnterpriseUrl>{api}/c/59.0/{ORG_ID[:15]}</EnterpriseUrl>'
-                f"<PartnerUrl>{api}/u/59.0/{ORG_ID[:15]}</PartnerUrl>{''.join(notes)}"
-                "</notifications></soapenv:Body></soapenv:Envelope>")
-
-    def delivered(self, response: httpx2.Response) -> bool:
-        """Outbound Messages count only when answered with ``<Ack>true</Ack>``. A Flow/Apex
-        callout is not resent after a 4xx (e.g. 404 for a Case the bridge did not create),
-        as in a real org; only a 5xx or no answer is tried again."""
-        if "xml" not in response.request.headers.get("content-type", ""):
-            return response.status_code < 500
-        if not 200 <= response.status_code < 300:
-            return False
-        return re.search(r"<(\w+:)?Ack>\s*true\s*</(\w+:)?Ack>", response.text) is not None
-
     # ----- HTTP ------------------------------------------------------------------
     def routes(self) -> list:
         return [
@@ -319,69 +234,6 @@ class SalesforceEmulator(Emulator):
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return _errors(status, _ERROR_CODES.get(status, "UNKNOWN_EXCEPTION"), message, **headers)
-
-    def _session_for(self, user_short: str) -> str:
-        session = f"{ORG_ID[:15]}!{secrets.token_urlsafe(40)}"
-        self.sessions[session] = self.user_id(user_short)
-        return session
-
-    async def _soap_login(self, request: Request) -> Response:
-        try:
-            root = safe_fromstring(await request.body(), forbid_dtd=True)
-            username = root.findtext(f".//{{{PARTNER_NS}}}username") or ""
-            password = root.findtext(f".//{{{PARTNER_NS}}}password") or ""
-        except Exception:  # noqa: BLE001 - any unreadable envelope is a client fault
-            return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
-        with self.lock:
-            short = next((s for s, u in self.users.items() if self.records["User"][u["id"]]["Username"] == username), None)
-            if short is None or password != self.users[short]["password"] + self.users[short]["token"]:
-                return _soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.")
-            session, user = self._session_for(short), self.records["User"][self.users[short]["id"]]
-        version = request.path_params["version"]
-        server = f"https://{request.headers['host']}/services/Soap/u/{version}/{ORG_ID[:15]}"
-        xml = ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-               f'xmlns="{PARTNER_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><loginResponse><result>'
-               f"<metadataServerUrl>{server.replace('/u/', '/m/')}</metadataServerUrl><passwordExpired>false</passwordExpired>"
-               f"<sandbox>false</sandbox><serverUrl>{server}</serverUrl><sessionId>{session}</sessionId>"
-               f"<userId>{user['Id']}</userId><userInfo><organizationId>{ORG_ID}</organizationId>"
-               f"<organizationName>HITL Emulator Org</organizationName><sessionSecondsValid>7200</sessionSecondsValid>"
-               f"<userEmail>{user['Email']}</userEmail><userFullName>{escape(user['Name'])}</userFullName>"
-               f"<userId>{user['Id']}</userId><userName>{user['Username']}</userName><userType>Standard</userType>"
-               "</userInfo></result></loginResponse></soapenv:Body></soapenv:Envelope>")
-        return Response(xml, media_type="text/xml")
-
-    async def _oauth_token(self, request: Request) -> Response:
-        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
-        key, secret = form.get("client_id"), form.get("client_secret")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("basic "):
-            key, _, secret = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
-        if form.get("grant_type") != "client_credentials":
-            return JSONResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400)
-        if key != self.connected_app["key"] or secret != self.connected_app["secret"]:
-            return JSONResponse({"error": "invalid_client", "error_description": "invalid client credentials"}, 400)
-        with self.lock:
-            session, user_id = self._session_for(self.connected_app["user"]), self.user_id(self.connected_app["user"])
-        base = f"https://{request.headers['host']}"
-        return JSONResponse({"access_token": session, "signature": base64.b64encode(hashlib.sha256(session.encode()).digest()).decode(),
-                             "scope": "api", "instance_url": base, "id": f"{base}/id/{ORG_ID}/{user_id}",
-                             "token_type": "Bearer", "issued_at": str(int(time.time() * 1000))})
-
-    def _caller(self, request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
-        return self.sessions.get(auth[7:]) if auth.startswith("Bearer ") else None
-
-    async def _userinfo(self, request: Request) -> Response:
-        with self.lock:
-            user_id = self._caller(request)
-            if user_id is None:
-                return PlainTextResponse("Bad_OAuth_Token", status_code=403)
-            user = self.records["User"][user_id]
-        first, _, last = user["Name"].partition(" ")
-        return JSONResponse({"sub": f"{self.base_url}/id/{ORG_ID}/{user_id}", "user_id": user_id, "organization_id": ORG_ID,
-                             "preferred_username": user["Username"], "nickname": user["Username"].split("@")[0],
-                             "name": user["Name"], "email": user["Email"], "email_verified": True, "given_name": first,
-                             "family_name": last, "user_type": "STANDARD", "active": True, "language": "en_US"})
 
     async def _data(self, request: Request) -> Response:
         body = await request.body()
@@ -463,7 +315,8 @@ class SalesforceEmulator(Emulator):
                 "updateable": True, "queryable": True, "custom": False, "fields": fields}
 
     async def _control(self, request: Request) -> Response:
-        """Vendor-specific controls: ``{"notify": "flow"|"outbound_message", "expire_sessions": true}``."""
+        """Vendor-specific controls: ``{"notify": "flow"|"outbound_message", "expire_sessions": true,
+        "api_limit": N, "clock_offset_seconds": S}``."""
         if request.method == "POST":
             changes = json.loads(await request.body() or b"{}")
             if changes.get("notify") in ("flow", "outbound_message"):
@@ -472,8 +325,11 @@ class SalesforceEmulator(Emulator):
                 self.expire_sessions()
             if isinstance(changes.get("api_limit"), int):
                 self.api_limit = changes["api_limit"]
+            if isinstance(changes.get("clock_offset_seconds"), (int, float)):
+                self.clock_offset_seconds = float(changes["clock_offset_seconds"])
         return JSONResponse({"notify": self.notify, "sessions": len(self.sessions), "api_used": self.api_used,
-                             "api_limit": self.api_limit, "organization_id": ORG_ID})
+                             "api_limit": self.api_limit, "organization_id": ORG_ID,
+                             "clock_offset_seconds": self.clock_offset_seconds})
 
     # ----- the uniform hooks ----------------------------------------------------
     def _case(self, key: str) -> dict[str, Any]:
@@ -492,7 +348,15 @@ class SalesforceEmulator(Emulator):
                 "status": case["Status"], "description": case["Description"],
                 "comments": [{"author": self.records["User"][c["CreatedById"]]["Name"], "body": c["CommentBody"],
                               "public": c["IsPublished"], "created": c["CreatedDate"]} for c in comments],
+                "emails": [{"from": e["FromAddress"], "to": e["ToAddress"], "subject": e["Subject"], "body": e["TextBody"],
+                            "incoming": e["Incoming"], "status": e["Status"], "created": e["CreatedDate"]}
+                           for e in self.emails(case["Id"])],
                 "fields": dict(case)}
+
+    def emails(self, case_id: str) -> list[dict[str, Any]]:
+        """The EmailMessages on a Case, oldest first."""
+        return sorted((e for e in self.records["EmailMessage"].values() if e["ParentId"] == case_id),
+                      key=lambda e: e["CreatedDate"])
 
     def list_tickets(self) -> list[dict[str, Any]]:
         return [self._uniform(c) for c in self.records["Case"].values()]
@@ -524,6 +388,12 @@ class SalesforceEmulator(Emulator):
         return {"type": "salesforce", "base_url": base_url, "username": "bridge@hitl.example",
                 "password": bridge["password"], "security_token": bridge["token"], "organization_id": ORG_ID,
                 "ca_bundle": ca_bundle, "webhook_secrets": [self.settings.webhook_secret]}
+
+    def jwt_credentials(self) -> dict[str, Any]:
+        """Connection overrides that log in with the JWT bearer flow instead of a password."""
+        app = self.connected_app
+        return {"password": None, "security_token": "", "username": "bridge@hitl.example",
+                "consumer_key": app["key"], "private_key": app["jwt_private_key"]}
 
     def contract_fields(self) -> dict[str, Any]:
         return {"Subject": "Contract test review", "Description": "Created by the contract suite.",

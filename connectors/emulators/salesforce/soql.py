@@ -1,5 +1,5 @@
 """The SOQL the connector sends, and no more: ``SELECT f, Rel.f FROM Object [WHERE f = 'v'
-[AND ...]] [ORDER BY f [ASC|DESC]] [LIMIT n]``, answered in the REST query shape."""
+[AND g IN ('a', 'b') ...]] [ORDER BY f [ASC|DESC]] [LIMIT n]``, answered in the REST query shape."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ _QUERY = re.compile(
     r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+_LITERAL = r"'(?:[^'\\]|\\.)*'|true|false|null|-?\d+(?:\.\d+)?"
 _CONDITION = re.compile(
-    r"\s*(?P<field>[\w.]+)\s*(?P<op>!=|=)\s*(?P<value>'(?:[^'\\]|\\.)*'|true|false|null|-?\d+(?:\.\d+)?)\s*",
+    rf"\s*(?P<field>[\w.]+)\s*(?:(?P<op>!=|=)\s*(?P<value>{_LITERAL})"
+    rf"|(?P<in>NOT\s+IN|IN)\s*\((?P<values>\s*(?:{_LITERAL})(?:\s*,\s*(?:{_LITERAL}))*)\s*\))\s*",
     re.IGNORECASE,
 )
+_ITEM = re.compile(_LITERAL, re.IGNORECASE)
 _AND = re.compile(r"AND\b", re.IGNORECASE)
 _UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
-_PARENTS = {"LastModifiedBy": "User", "CreatedBy": "User", "Owner": "User", "Parent": "Case", "Contact": "Contact"}
+_PARENTS = {"LastModifiedBy": "User", "CreatedBy": "User", "Owner": "User", "Parent": "Case", "Contact": "Contact",
+            "Group": "Group", "PermissionSet": "PermissionSet", "Assignee": "User"}
 
 
 def _literal(token: str) -> Any:
@@ -47,13 +51,17 @@ def _where(text: str | None) -> list[tuple[str, str, Any]]:
         match = _CONDITION.match(text, position)
         if match is None:
             raise SfError(400, "MALFORMED_QUERY", f"unexpected token near: {text[position:position + 30]!r}")
-        conditions.append((match["field"], match["op"], _literal(match["value"])))
+        if match["in"]:
+            values = [_literal(item) for item in _ITEM.findall(match["values"])]
+            conditions.append((match["field"], "not in" if match["in"].lower().startswith("not") else "in", values))
+        else:
+            conditions.append((match["field"], match["op"], _literal(match["value"])))
         position = match.end()
         joiner = _AND.match(text, position)
         if joiner:
             position = joiner.end()
         elif position < len(text):
-            raise SfError(400, "MALFORMED_QUERY", "only AND-joined equality conditions are supported")
+            raise SfError(400, "MALFORMED_QUERY", "only AND-joined =, != and IN conditions are supported")
     return conditions
 
 
@@ -92,6 +100,9 @@ def _value(emulator, sobject: str, record: dict[str, Any], path: str) -> Any:
 
 
 def _matches(value: Any, op: str, expected: Any) -> bool:
+    if op in ("in", "not in"):
+        found = any(_matches(value, "=", item) for item in expected)
+        return found if op == "in" else not found
     if isinstance(value, str) and isinstance(expected, str):
         same = value.casefold() == expected.casefold() or (
             len(value) in (15, 18) and len(expected) in (15, 18) and value[:15] == expected[:15]
