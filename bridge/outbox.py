@@ -80,6 +80,18 @@ def claim(db: Database, worker_id: str, *, lease_seconds: float) -> Job | None:
         return job
 
 
+def renew(db: Database, worker_id: str, *, lease_seconds: float) -> int:
+    """Extend the leases of the jobs ``worker_id`` is running: a job that takes longer than
+    one lease (a slow or paced upstream) is not claimed a second time while it runs. A dead
+    worker renews nothing, so its jobs are still taken over after one lease."""
+    with db.transaction() as session:
+        return session.execute(
+            update(Job)
+            .where(Job.locked_by == worker_id, Job.state == "running")
+            .values(locked_until=utcnow() + timedelta(seconds=lease_seconds))
+        ).rowcount
+
+
 def release(db: Database, worker_id: str) -> int:
     """Hand back the jobs ``worker_id`` still holds (graceful shutdown): claimable by any
     worker at once instead of after the lease, and the interrupted attempt not counted."""

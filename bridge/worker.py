@@ -81,6 +81,7 @@ class Worker:
             thread = threading.Thread(target=self._loop, name=f"worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        threading.Thread(target=self._renew_leases, name="worker-leases", daemon=True).start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Claim no more; let the jobs in hand finish for up to ``timeout`` seconds (the
@@ -135,6 +136,15 @@ class Worker:
             except Exception:
                 log.exception("worker.loop_error")
             self.rt.wakeup.set()  # the job may have queued another (a decision's delivery): look now
+
+    def _renew_leases(self) -> None:
+        """Every third of a lease, extend the leases of the jobs in hand (one statement)."""
+        lease = self.rt.settings.worker.lease_seconds
+        while not self._stop.wait(lease / 3):
+            try:
+                outbox.renew(self.rt.db, self.id, lease_seconds=lease)
+            except Exception:  # e.g. a database restart: the next round tries again
+                log.exception("worker.renew_failed")
 
     def _run(self, job: Job) -> None:
         handler = self.handlers.get(job.kind)

@@ -145,18 +145,22 @@ class JiraConnector:
             raise translate_error(exc, operation=operation) from None
 
     def _jira(self) -> JIRA:
-        """Built on first use: the constructor already talks to the server (serverInfo)."""
+        """Built on first use, paced, then asked for serverInfo (the version decides which calls exist)."""
         if self._client is None:
-            self._client = JIRA(
+            client = JIRA(
                 server=self.config.base_url,
                 basic_auth=(self.config.email, self.config.api_token.get_secret_value()),
                 options={"verify": self.config.ca_bundle or True},
                 max_retries=0,  # the bridge's worker alone retries
                 timeout=self.config.timeout_seconds,
-                get_server_info=True,
+                get_server_info=False,  # asked below, once the session is paced
                 logging=False,
             )
-            pace(self._client._session, self.config.rate_limit_per_second, name=self.config.name)
+            pace(client._session, self.config.rate_limit_per_second, name=self.config.name)
+            info = client.server_info()  # what get_server_info=True would do in the constructor
+            client._version = tuple(info["versionNumbers"])
+            client.deploymentType = info.get("deploymentType")
+            self._client = client
         return self._client
 
     def _ref(self, issue_id: Any, key: str) -> TicketRef:

@@ -71,6 +71,26 @@ def test_an_expired_lease_is_claimed_again_and_a_released_job_at_once(db):
     assert taken_over.id == first.id and taken_over.attempts == 2
 
 
+def test_a_job_that_outlasts_its_lease_keeps_it_and_runs_once(tmp_path):
+    """A slow upstream: each call takes longer than the lease, which the worker renews."""
+    bridge = Bridge(tmp_path)
+    bridge.settings.worker.lease_seconds = 1.0
+    jira = bridge.emulators["jira"].emulator
+    jira.settings.latency_ms = 1500
+    bridge.start()
+    try:
+        review = bridge.wait_ticket(bridge.submit()["id"])
+        db = Database(bridge.database_url)
+        with db.read() as session:
+            create = session.query(Job).filter_by(review_id=review["id"], kind="create_ticket").one()
+        db.dispose()
+        assert create.state == "done" and create.attempts == 1
+        labelled = [t for t in jira.list_tickets() if f"hitl-{review['id']}" in (t["fields"].get("labels") or [])]
+        assert len(labelled) == 1
+    finally:
+        bridge.stop()
+
+
 def test_a_job_kind_from_a_newer_version_is_handed_back_at_once_not_held_for_a_lease(tmp_path):
     """Rolling deploys: an old worker meets a job kind only the new version knows."""
     bridge = Bridge(tmp_path)
