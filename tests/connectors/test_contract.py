@@ -145,6 +145,19 @@ def test_bad_credentials_are_auth_errors(system):
     bad.close()
 
 
+def test_reviewer_groups_errors_are_classified(system):
+    """``groups_of`` (optional; all four vendors have it) goes through the same translation."""
+    me = system.connector.check()
+    system.emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 3}]
+    with pytest.raises(RateLimitedError) as caught:
+        system.connector.groups_of(me)
+    assert caught.value.retry_after == 3 and caught.value.operation == "groups_of"
+    bad = system.connector_with(**system.emulator.bad_credentials())
+    with pytest.raises(AuthError):
+        bad.groups_of(me)
+    bad.close()
+
+
 def test_update_moves_the_status(system):
     ref = system.create()
     status = system.emulator.contract_close_status()

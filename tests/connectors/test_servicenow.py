@@ -298,15 +298,3 @@ def test_groups_of_is_read_through_the_table_api_as_documented(snow):
     refused = requests.post(f"{running.url}/api/now/table/sys_user_grmember", auth=auth, timeout=5,
                             json={"user": bob, "group": "AI Review"})
     assert refused.status_code == 403
-
-
-def test_groups_of_errors_are_translated(snow):
-    emulator, running, connector = snow
-    emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 4, "path_prefix": "/api/now/table/sys_user_grmember"}]
-    with pytest.raises(RateLimitedError) as caught:
-        connector.groups_of(Person("bob"))
-    assert caught.value.retry_after == 4 and caught.value.operation == "groups_of"
-    wrong = connector_for(config_for(running.connection("servicenow", **emulator.bad_credentials())))
-    with pytest.raises(AuthError):
-        wrong.groups_of(Person("bob"))
-    wrong.close()

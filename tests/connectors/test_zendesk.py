@@ -11,7 +11,7 @@ import requests
 from connectors import Person, config_for, connector_for
 from connectors.emulators import Act, start_emulator
 from connectors.emulators.zendesk import DECISION_FIELD_ID, EDITED_REPLY_FIELD_ID, USERS, ZendeskEmulator
-from connectors.errors import AuthError, PermanentError, RateLimitedError, RemoteNotFoundError, WebhookVerificationError
+from connectors.errors import AuthError, PermanentError, RemoteNotFoundError, WebhookVerificationError
 from connectors.signing import hmac_sha256_b64
 from connectors.zendesk import RECOMMENDED_WEBHOOK_BODY, ZendeskConfig, stamp_tag
 from helpers import wait_for
@@ -299,15 +299,3 @@ def test_user_groups_endpoint_answers_in_zendesks_shape(zd):
     assert answer["meta"]["has_more"] is False and answer["links"]["next"] is None
     missing = requests.get(f"{running.url}/api/v2/users/424242/groups.json", auth=auth, verify=ca, timeout=5)
     assert missing.status_code == 404 and missing.json()["error"] == "RecordNotFound"
-
-
-def test_groups_of_errors_are_translated(zd):
-    emulator, running, connector = zd
-    emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": 5, "path_prefix": "/api/v2/users"}]
-    with pytest.raises(RateLimitedError) as caught:
-        connector.groups_of(_user("bob"))
-    assert caught.value.retry_after == 5 and caught.value.operation == "groups_of"
-    wrong = connector_for(config_for(running.connection("zendesk", **emulator.bad_credentials())))
-    with pytest.raises(AuthError):
-        wrong.groups_of(_user("bob"))
-    wrong.close()
