@@ -62,6 +62,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profiles")
+    parser.add_argument("--database-url", default=None, help="A PostgreSQL server to profile on (default: SQLite).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     up = start_upstream()
@@ -69,7 +70,7 @@ def main() -> int:
     raw, speedscope = args.out / f"{args.path}.collapsed.txt", args.out / f"{args.path}.speedscope.json"
     with tempfile.TemporaryDirectory(prefix="hitl-profile-") as tmp:
         workdir = Path(tmp)
-        db = Database(workdir, "profile", None)
+        db = Database(workdir, "profile", args.database_url)
         bridge = start_bridge(bridge_settings(db.url, up, workdir, worker={"concurrency": 16}), workdir,
                               worker=args.path == "webhooks", name="profile-bridge")
         auth = {"authorization": f"Bearer {AGENT_KEY}"}
