@@ -108,9 +108,11 @@ def release(db: Database, worker_id: str) -> int:
         return result.rowcount
 
 
-def finish(session: Session, job_id: int) -> None:
+def finish(session: Session, job_id: int, *, state: str = "done", error: str | None = None) -> None:
+    """End a job: ``done``, or another final state with the reason (``undeliverable``)."""
     session.execute(
-        update(Job).where(Job.id == job_id).values(state="done", finished_at=utcnow(), locked_until=None, last_error=None)
+        update(Job).where(Job.id == job_id).values(state=state, finished_at=utcnow(), locked_until=None,
+                                                   last_error=error[:2000] if error else None)
     )
 
 

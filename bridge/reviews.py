@@ -394,10 +394,10 @@ def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> d
     """Record verified events once and queue a read-back of each ticket they name."""
     outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
     with rt.db.transaction() as session:
-        connection_ = session.connection()
+        sql = session.connection()
         for event in events:
             # the few columns needed, not the review's large JSON columns (the ack's hot path)
-            review = connection_.execute(_MATCH_TICKET, {"connection": connection, "key": event.ticket_key}).first()
+            review = sql.execute(_MATCH_TICKET, {"connection": connection, "key": event.ticket_key}).first()
             if review is None:
                 outcome["unknown"] += 1
                 continue
@@ -409,7 +409,7 @@ def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> d
             if not waiting:
                 outcome["ignored"] += 1
                 continue
-            pending = connection_.execute(_PENDING_SYNC, {"review_id": review.id}).first()
+            pending = sql.execute(_PENDING_SYNC, {"review_id": review.id}).first()
             if pending is None:
                 outbox.enqueue(session, review.id, SYNC, dedupe_key=f"sync:{review.id}:{event.event_id}")
             outcome["accepted"] += 1

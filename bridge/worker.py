@@ -21,7 +21,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 import httpx2
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -347,8 +346,7 @@ class Worker:
         """A reversed decision the agent can no longer take: recorded and said on the ticket,
         not retried (the job ends ``undeliverable``)."""
         with self.rt.db.transaction() as session:
-            session.execute(update(Job).where(Job.id == job.id).values(
-                state="undeliverable", finished_at=utcnow(), locked_until=None, last_error=why[:2000]))
+            outbox.finish(session, job.id, state="undeliverable", error=why)
             review = session.get(Review, job.review_id)
             audit.record(session, "decision.undeliverable", actor="bridge", review_id=review.id, version=record.version, why=why)
             if review.ticket_key:
