@@ -42,6 +42,7 @@ from .wakeups import Listener
 from .schemas import Decision, DecisionRecord, ReviewRequest, Status
 
 log = logging.getLogger("bridge.worker")
+CHAINED = frozenset({reviews.DELIVER})  # run by the thread whose transaction queued them
 
 
 class CallbackError(RetryableError):
@@ -60,6 +61,7 @@ class Worker:
         self.breakers = CircuitBreakers(threshold=settings.breaker_threshold, cooldown_seconds=settings.breaker_cooldown_seconds)
         self._calls = threading.local()  # the connections the current job has used
         self._looking = threading.Lock()  # held by the one idle thread looking for a job
+        self._chained = threading.local()  # the jobs this thread claimed in its last transaction
         self.handlers: dict[str, Callable[[Job], None]] = {
             reviews.CREATE: self.create_ticket,
             reviews.SYNC: self.sync_ticket,
@@ -129,12 +131,15 @@ class Worker:
                 if job is None:
                     self.rt.wakeup.wait(interval)
                     continue
-            try:
-                with correlation(job.review_id):
-                    self._run(job)
-            except Exception:
-                log.exception("worker.loop_error")
-            self.rt.wakeup.set()  # the job may have queued another (a decision's delivery): look now
+            self._chained.jobs = [job]
+            while self._chained.jobs:  # the job, then any it chained (a decision's delivery)
+                job = self._chained.jobs.pop(0)
+                try:
+                    with correlation(job.review_id):
+                        self._run(job)
+                except Exception:
+                    log.exception("worker.loop_error")
+            self.rt.wakeup.set()  # the job may have queued others (a reached-the-agent comment): look now
 
     def _renew_leases(self) -> None:
         """Every third of a lease, extend the leases of the jobs in hand (one statement)."""
@@ -229,11 +234,17 @@ class Worker:
             return review
 
     def _finish(self, job: Job, apply: Callable[[Session, Review], None] | None = None) -> None:
+        """Record a job's result and end it in one transaction. A delivery it queues (a
+        decision made from a read-back) is claimed in that transaction and run next by this
+        thread: the agent hears at once, not after the queue (outbox.Chain)."""
+        chain = outbox.Chain(self.id, self.rt.settings.worker.lease_seconds, CHAINED)
         with self.rt.db.transaction() as session:
+            session.info[outbox.CHAIN] = chain
             if apply is not None:
                 review = session.get(Review, job.review_id, with_for_update=True)
                 apply(session, review)
             outbox.finish(session, job.id)
+        self._chained.__dict__.setdefault("jobs", []).extend(chain.jobs)
 
     # ----- handlers --------------------------------------------------------------------
     def create_ticket(self, job: Job) -> None:

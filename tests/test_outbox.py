@@ -71,6 +71,23 @@ def test_an_expired_lease_is_claimed_again_and_a_released_job_at_once(db):
     assert taken_over.id == first.id and taken_over.attempts == 2
 
 
+def test_a_chained_job_is_held_by_the_worker_that_queued_it_until_its_lease_runs_out(db):
+    """A delivery queued in a worker's transaction is claimed in it (that worker runs it
+    next); if that worker dies first, another takes it over after the lease, not before."""
+    add_review(db, "rev_1")
+    with db.transaction() as session:
+        chain = session.info[outbox.CHAIN] = outbox.Chain("dying-worker", 0.3, frozenset({"deliver_decision"}))
+        outbox.enqueue(session, "rev_1", "deliver_decision")
+        outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="c")  # not a chained kind: queued as usual
+    assert [(j.kind, j.state, j.locked_by, j.attempts) for j in chain.jobs] == [("deliver_decision", "running", "dying-worker", 1)]
+    comment = outbox.claim(db, "other", lease_seconds=60)
+    assert comment.kind == "ticket_comment"
+    assert outbox.claim(db, "other", lease_seconds=60) is None  # the delivery's lease holds
+    time.sleep(0.4)
+    taken_over = outbox.claim(db, "other", lease_seconds=60)
+    assert (taken_over.id, taken_over.kind, taken_over.attempts) == (chain.jobs[0].id, "deliver_decision", 2)
+
+
 def test_a_job_that_outlasts_its_lease_keeps_it_and_runs_once(tmp_path):
     """A slow upstream: each call takes longer than the lease, which the worker renews."""
     bridge = Bridge(tmp_path)
