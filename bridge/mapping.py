@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import MappingError
 from .schemas import ReviewRequest
@@ -168,10 +168,15 @@ class Mapping(_Model):
             _compile(ticket.comment, "ticket.comment")
         return ticket
 
+    _version: str | None = PrivateAttr(default=None)
+
     @property
     def version(self) -> str:
-        """Content hash: a review records the version it was rendered with."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        """Content hash: a review records the version it was rendered with. Computed once
+        (a mapping is not changed after loading: edits make a new one)."""
+        if self._version is None:
+            self._version = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return self._version
 
 
 # ----- the sandboxed template environment --------------------------------------

@@ -177,7 +177,23 @@ def route_review(session: Session, rt: Runtime, review: Review, request: ReviewR
 
 
 def snapshot_mapping(review: Review) -> Mapping | None:
-    return Mapping.model_validate(review.mapping_snapshot) if review.mapping_snapshot else None
+    """The mapping a review was routed with. Validated once per mapping version and process:
+    every job of every review reads it (bench/), and a version is a hash of the content."""
+    if not review.mapping_snapshot:
+        return None
+    if not review.mapping_version:
+        return Mapping.model_validate(review.mapping_snapshot)
+    key = (review.mapping_name, review.mapping_version)
+    mapping = _SNAPSHOTS.get(key)
+    if mapping is None:
+        mapping = Mapping.model_validate(review.mapping_snapshot)
+        if len(_SNAPSHOTS) > 256:
+            _SNAPSHOTS.clear()
+        _SNAPSHOTS[key] = mapping
+    return mapping
+
+
+_SNAPSHOTS: dict[tuple[str | None, str], Mapping] = {}
 
 
 def _ticket_out(review: Review) -> TicketOut | None:

@@ -127,6 +127,9 @@ def _is_status_item(item: Mapping[str, Any]) -> bool:
     return str(item.get("field", "")).lower() == "status"
 
 
+_PROJECT_TYPES: dict[tuple[str, str], str] = {}  # (server, issue) -> projectTypeKey
+
+
 class JiraConnector:
     name = "jira"
     config_model = JiraConfig
@@ -135,7 +138,6 @@ class JiraConnector:
         self.config = config
         self._client: JIRA | None = None
         self._me: Person | None = None
-        self._project_types: dict[str, str] = {}
 
     # ----- plumbing --------------------------------------------------------------
     def _call(self, operation: str, fn: Callable[[JIRA], T]) -> T:
@@ -206,6 +208,9 @@ class JiraConnector:
     def get_ticket(self, key: str) -> Ticket:
         raw = self._call("get_ticket", lambda jira: jira.issue(key, expand="changelog")).raw
         fields = dict(raw.get("fields") or {})
+        project = fields.get("project")
+        if isinstance(project, dict) and project.get("projectTypeKey"):  # add_comment need not ask again
+            self._remember_project_type(key, project["projectTypeKey"])
         labels = {name: value["name"] for name, value in fields.items() if isinstance(value, dict) and "name" in value}
         status = labels.get("status")
         fields["status"] = status
@@ -358,10 +363,19 @@ class JiraConnector:
 
     def _supports_internal(self, key: str) -> bool:
         """Only Service Management projects have internal comments."""
-        if key not in self._project_types:
+        known = _PROJECT_TYPES.get((self.config.base_url, key))
+        if known is None:
             project = self._call("add_comment", lambda jira: jira.issue(key, fields="project")).raw["fields"]["project"]
-            self._project_types[key] = project.get("projectTypeKey", "software")
-        return self._project_types[key] == "service_desk"
+            known = self._remember_project_type(key, project.get("projectTypeKey", "software"))
+        return known == "service_desk"
+
+    def _remember_project_type(self, key: str, project_type: str) -> str:
+        """Shared by this process's connectors (one per worker thread), bounded: a comment
+        job usually runs on another thread than the read-back that saw the project."""
+        if len(_PROJECT_TYPES) > 10_000:
+            _PROJECT_TYPES.clear()
+        _PROJECT_TYPES[(self.config.base_url, key)] = project_type
+        return project_type
 
     def _comment(self, raw: Mapping[str, Any], bridge_id: str) -> Comment:
         author = person(raw.get("author"))
