@@ -131,7 +131,7 @@ class Worker:
                 if job is None:
                     self.rt.wakeup.wait(interval)
                     continue
-            self._chained.jobs = [job]
+            self._chained.jobs, self._chained.review = [job], None
             while self._chained.jobs:  # the job, then any it chained (a decision's delivery)
                 job = self._chained.jobs.pop(0)
                 try:
@@ -227,6 +227,10 @@ class Worker:
 
     # ----- helpers ---------------------------------------------------------------------
     def _load(self, review_id: str) -> Review:
+        handed = getattr(self._chained, "review", None)
+        if handed is not None and handed.id == review_id:
+            self._chained.review = None
+            return handed  # a chained job: the row as the transaction that queued it committed it
         # a read snapshot: a job's first look queues behind no writer (webhook acks are writers)
         with self.rt.db.read() as session:
             review = session.get(Review, review_id)
@@ -238,6 +242,7 @@ class Worker:
         decision made from a read-back) is claimed in that transaction and run next by this
         thread: the agent hears at once, not after the queue (outbox.Chain)."""
         chain = outbox.Chain(self.id, self.rt.settings.worker.lease_seconds, CHAINED)
+        review = None
         with self.rt.db.transaction() as session:
             session.info[outbox.CHAIN] = chain
             if apply is not None:
@@ -245,6 +250,7 @@ class Worker:
                 apply(session, review)
             outbox.finish(session, job.id)
         self._chained.__dict__.setdefault("jobs", []).extend(chain.jobs)
+        self._chained.review = review if chain.jobs else None  # the chained job need not read it again
 
     # ----- handlers --------------------------------------------------------------------
     def create_ticket(self, job: Job) -> None:
