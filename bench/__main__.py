@@ -44,6 +44,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latencies", type=_ints, default=[0, 100], help="Emulator latencies (ms) for the webhook section.")
     p.add_argument("--webhook-seconds", type=float, default=4.0, help="How long each webhook rate is held.")
     p.add_argument("--worker-concurrency", type=int, default=32, help="Worker threads for the webhook section.")
+    p.add_argument("--webhook-layouts", type=_ints, default=None,
+                   help="Webhook section layouts: 0 = worker in the API process, N = API process + N worker processes. "
+                        "Default: 0 on SQLite (its one writer across processes makes acks wait on SQLite's busy handler), "
+                        "0,1 on PostgreSQL.")
     p.add_argument("--slow-latency", type=int, default=300, help="Emulator latency (ms) against the naive pattern.")
     p.add_argument("--rate-limit", type=float, default=10.0, help="Emulator rate limit (calls/s) against the naive pattern.")
     p.add_argument("--naive-reviews", type=int, default=60, help="Reviews per design and upstream speed.")
@@ -75,7 +79,8 @@ def run_backend(args: argparse.Namespace, server_url: str | None, workdir: Path)
         if "webhooks" in args.only:
             results["webhooks"] = webhooks.run(workdir, up, callbacks, server_url=server_url, rates=args.rates,
                                                latencies_ms=args.latencies, seconds=args.webhook_seconds,
-                                               worker_concurrency=args.worker_concurrency)
+                                               worker_concurrency=args.worker_concurrency,
+                                               layouts=args.webhook_layouts or ([0, 1] if server_url else [0]))
         if "upstream" in args.only:
             results["upstream"] = upstream.run(workdir, up, callbacks, server_url=server_url, reviews=args.naive_reviews,
                                                concurrency=16, latency_ms=args.slow_latency, rate_limit=args.rate_limit)

@@ -351,6 +351,30 @@ def start_bridge(settings: Settings, workdir: Path, *, worker: bool, name: str =
     return Server(argv, log=workdir / f"{name}.log", ready_path="/readyz")
 
 
+class WorkerProcess:
+    """``hitl-bridge worker`` in a child process (no HTTP: it is ready when jobs move)."""
+
+    def __init__(self, config: Path, *, log: Path):
+        self.process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)], cwd=ROOT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                                        stderr=open(log, "ab"))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        Server.stop(self)  # type: ignore[arg-type]  - the same terminate, wait, kill
+
+
+def start_layout(settings: Settings, workdir: Path, *, workers: int, name: str) -> tuple[Server, list[WorkerProcess]]:
+    """``workers`` = 0: one ``serve`` with its worker in-process (the default deployment);
+    N > 0: ``serve --no-worker`` and N ``hitl-bridge worker`` processes (scaled out)."""
+    bridge = start_bridge(settings, workdir, worker=workers == 0, name=name)
+    config = workdir / f"{name}.yaml"
+    return bridge, [WorkerProcess(config, log=workdir / f"{name}-worker-{n}.log") for n in range(workers)]
+
+
 def start_app(kind: str, workdir: Path, *, database_url: str, config: Path | None = None) -> Server:
     argv = ["-m", "bench.serve", kind, "--database-url", database_url] + (["--config", str(config)] if config else [])
     return Server(argv, log=workdir / f"{kind}.log", ready_path="/healthz")

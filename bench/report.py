@@ -37,9 +37,9 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(f"\n### 2. Webhook to agent - goals {r['goals']}: {_met(r['met'])}\n\n"
                        f"Worker concurrency {r['worker_concurrency']}; callback hop (subtracted) p50 {r['callback_hop_p50_ms']} ms.\n\n")
             out.append(_table(
-                ["emulator ms", "webhooks/s", "webhooks", "ack p50", "ack p99", "to callback p50", "to callback p99",
+                ["layout", "emulator ms", "webhooks/s", "webhooks", "ack p50", "ack p99", "to callback p50", "to callback p99",
                  "bridge share p50", "bridge share p99", "missing"],
-                [[x["emulator_latency_ms"], x["rate_per_s"], x["webhooks"], x["ack"]["p50_ms"], x["ack"]["p99_ms"],
+                [[x.get("layout", "worker in-process"), x["emulator_latency_ms"], x["rate_per_s"], x["webhooks"], x["ack"]["p50_ms"], x["ack"]["p99_ms"],
                   x["webhook_to_callback"]["p50_ms"], x["webhook_to_callback"]["p99_ms"], x["bridge_share"]["p50_ms"],
                   x["bridge_share"]["p99_ms"], x["callbacks_missing"]] for x in r["rows"]]))
         if "upstream" in results:

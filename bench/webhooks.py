@@ -30,7 +30,7 @@ from .common import (
     percentile,
     review_body,
     say,
-    start_bridge,
+    start_layout,
     summary,
     wait_until,
 )
@@ -71,11 +71,34 @@ def _approve(upstream: Upstream, reviews: list[tuple[str, str]]) -> list[tuple[s
 
 
 def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: str | None, rates: list[int],
-        latencies_ms: list[int], seconds: float, worker_concurrency: int) -> dict[str, Any]:
-    db = Database(workdir, "webhooks", server_url)
+        latencies_ms: list[int], seconds: float, worker_concurrency: int, layouts: list[int] = [0]) -> dict[str, Any]:
+    """Each phase for each layout: ``0`` = the worker in the API process (the default),
+    N = ``serve --no-worker`` plus N ``hitl-bridge worker`` processes."""
+    rows: list[dict[str, Any]] = []
+    for workers in layouts:
+        rows += _run_layout(workdir, upstream, callbacks, server_url=server_url, rates=rates, latencies_ms=latencies_ms,
+                            seconds=seconds, worker_concurrency=worker_concurrency, workers=workers)
+    hop = callbacks.hop_seconds()
+    return {
+        "rows": rows, "worker_concurrency": worker_concurrency, "callback_hop_p50_ms": round((percentile(hop, 50) or 0) * 1000, 2),
+        "goals": "ack p99 < 10 ms; bridge share p99 < 20 ms",
+        "met": bool(rows) and all((r["ack"]["p99_ms"] or 1e9) < 10 and (r["bridge_share"]["p99_ms"] or 1e9) < 20
+                                  and r["callbacks_missing"] == 0 for r in rows),
+    }
+
+
+def layout_name(workers: int) -> str:
+    return "worker in-process" if workers == 0 else f"API + {workers} worker process{'es' if workers > 1 else ''}"
+
+
+def _run_layout(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: str | None, rates: list[int],
+                latencies_ms: list[int], seconds: float, worker_concurrency: int, workers: int) -> list[dict[str, Any]]:
+    db = Database(workdir, f"webhooks_{workers}", server_url)
     upstream.configure(latency_ms=0, rate_limit_per_second=0)
-    settings = bridge_settings(db.url, upstream, workdir, worker={"concurrency": worker_concurrency})
-    bridge = start_bridge(settings, workdir, worker=True, name="webhooks-bridge")
+    # A worker in its own process hears of a SQLite job by polling (PostgreSQL wakes it with NOTIFY)
+    worker = {"concurrency": worker_concurrency, **({"poll_interval_seconds": 0.02} if workers and not server_url else {})}
+    settings = bridge_settings(db.url, upstream, workdir, worker=worker)
+    bridge, processes = start_layout(settings, workdir, workers=workers, name=f"webhooks-bridge-{workers}")
     phases = [(latency, rate, max(1, int(rate * seconds))) for latency in latencies_ms for rate in rates]
     needed = sum(n for _, _, n in phases)
     rows: list[dict[str, Any]] = []
@@ -83,11 +106,12 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         bodies = [review_body(callbacks.url, n) for n in range(needed)]
         submitted = closed_loop(bridge.url, "/v1/reviews", bodies, concurrency=16, max_seconds=600,
                                 headers={"authorization": f"Bearer {AGENT_KEY}"})
-        say(f"webhooks: submitted {len(submitted.latencies)} reviews; waiting for their tickets")
+        say(f"webhooks ({layout_name(workers)}): submitted {len(submitted.latencies)} reviews; waiting for their tickets")
         ready = wait_until(lambda: count_rows(db.url, "SELECT count(*) FROM reviews WHERE status = 'open'") >= needed,
                            timeout=max(120.0, needed / 5), interval=0.5)
         if not ready:
             raise RuntimeError("the bridge did not open every review's ticket in time")
+        time.sleep(1.0)  # let the tickets' follow-up work drain
         pool = _open_reviews(db.url, needed)
         hop = callbacks.hop_seconds()
         hop_p50 = percentile(hop, 50) or 0.0
@@ -112,24 +136,22 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
                 end_to_end.append(total)
                 own.append(total - upstream_seconds - hop_p50)
             row = {
+                "layout": layout_name(workers), "worker_processes": workers,
                 "emulator_latency_ms": latency, "rate_per_s": rate, "webhooks": count, "sent_in_s": round(sent_seconds, 2),
                 "ack": summary(acks), "ack_statuses": {str(k): v for k, v in sorted(statuses.items())},
                 "webhook_to_callback": summary(end_to_end), "bridge_share": summary(own),
                 "callbacks_missing": count - len(end_to_end),
             }
             rows.append(row)
-            say(f"webhooks {latency} ms @ {rate}/s: ack p99 {row['ack']['p99_ms']} ms, to callback p99 "
+            say(f"webhooks ({row['layout']}) {latency} ms @ {rate}/s: ack p99 {row['ack']['p99_ms']} ms, to callback p99 "
                 f"{row['webhook_to_callback']['p99_ms']} ms, bridge share p99 {row['bridge_share']['p99_ms']} ms, "
                 f"missing {row['callbacks_missing']}")
             upstream.configure(latency_ms=0)
             time.sleep(1.0)  # let the follow-up comments of this phase drain before the next
     finally:
+        for process in processes:
+            process.stop()
         bridge.stop()
         upstream.configure(latency_ms=0)
         db.drop()
-    return {
-        "rows": rows, "worker_concurrency": worker_concurrency, "callback_hop_p50_ms": round(hop_p50 * 1000, 2),
-        "goals": "ack p99 < 10 ms; bridge share p99 < 20 ms",
-        "met": bool(rows) and all((r["ack"]["p99_ms"] or 1e9) < 10 and (r["bridge_share"]["p99_ms"] or 1e9) < 20
-                                  and r["callbacks_missing"] == 0 for r in rows),
-    }
+    return rows
