@@ -86,7 +86,7 @@ def queue_page(request: Request, rt: RuntimeDep, notice: str | None = None, erro
     key, cookie = _session(request, rt)
     if key is None:
         return _to_login()
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         rollout = stats.route_stats(session, rt.router.routes)
     return _page("admin_queue.html", key=key, csrf=sessions.csrf_token(key, cookie), queue=operations.queue_overview(rt),
                  rollout=rollout, mappings=versions.names(rt), notice=notice, error=error, active="queue")

@@ -152,5 +152,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 
 def _depth(rt: Runtime):
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         return queue_depth(session)

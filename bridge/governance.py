@@ -39,7 +39,7 @@ def groups_for(connector: Any, mapping: Mapping, person: Person | None) -> set[s
 
 
 def approvals_of(db: Any, review_id: str) -> list[tuple[str, str]]:
-    with db.transaction() as session:
+    with db.read() as session:
         rows = session.execute(select(ReviewApproval).where(ReviewApproval.review_id == review_id)).scalars()
         return [(r.person_key, r.change_ref) for r in rows]
 

@@ -28,7 +28,7 @@ def queue_overview(rt: Runtime, *, limit: int = 500) -> dict[str, Any]:
     """Open reviews per route (oldest first, with age and time left on the SLA), failed
     reviews with their errors, and dead-lettered jobs."""
     now = utcnow()
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         waiting = session.execute(
             select(Review).where(Review.status.in_(WAITING)).order_by(Review.created_at).limit(limit)
         ).scalars().all()

@@ -49,7 +49,7 @@ def preview(
 ) -> dict[str, Any]:
     source = "sample"
     if review_id:
-        with rt.db.transaction() as session:
+        with rt.db.read() as session:
             row = session.get(Review, review_id)
             if row is None:
                 raise NotFoundError(f"no review {review_id!r}")

@@ -214,7 +214,7 @@ def restore(rt: Runtime, name: str, number: int, *, author: str, if_match: str |
 
 def history(rt: Runtime, name: str, *, limit: int = 100) -> list[dict[str, Any]]:
     path_for(rt, name)
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         rows = session.execute(
             select(MappingVersion).where(MappingVersion.name == name).order_by(MappingVersion.number.desc()).limit(limit)
         ).scalars()
@@ -223,7 +223,7 @@ def history(rt: Runtime, name: str, *, limit: int = 100) -> list[dict[str, Any]]
 
 def get_version(rt: Runtime, name: str, number: int) -> dict[str, Any]:
     path_for(rt, name)
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         row = session.execute(
             select(MappingVersion).where(MappingVersion.name == name, MappingVersion.number == number)
         ).scalar_one_or_none()
@@ -233,7 +233,7 @@ def get_version(rt: Runtime, name: str, number: int) -> dict[str, Any]:
 
 
 def version_count(rt: Runtime, name: str) -> int:
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         return session.execute(select(func.count()).where(MappingVersion.name == name)).scalar_one()
 
 

@@ -25,7 +25,7 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request, rt: RuntimeDep) -> Response:
     checks: dict[str, Any] = {}
     try:
-        with rt.db.transaction() as session:
+        with rt.db.read() as session:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # report, do not raise: this is the readiness answer
@@ -53,6 +53,6 @@ def audit_trail(
     query = select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id).limit(limit)
     if review_id:
         query = query.where(AuditEvent.review_id == review_id)
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         events = audit.with_content(session, list(session.execute(query).scalars()))
     return {"items": events, "next_after": events[-1]["id"] if len(events) == limit else None}

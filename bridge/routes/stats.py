@@ -15,5 +15,5 @@ router = APIRouter(tags=["operations"])
 @router.get("/v1/stats/routes")
 def route_stats(rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
     """Per route: volume, decision mix, agreement between the agent and the human, time to decision."""
-    with rt.db.transaction() as session:
+    with rt.db.read() as session:
         return {"routes": stats.route_stats(session, rt.router.routes)}
