@@ -150,11 +150,15 @@ def test_duplicate_webhooks_give_one_decision(bridge):
 
 
 def test_idempotency_key_returns_the_same_review(bridge):
-    first = bridge.submit(headers={"Idempotency-Key": "order-A-100"})
     with bridge.client() as client:
+        created = client.post("/v1/reviews", json=bridge.review_body(), headers={"Idempotency-Key": "order-A-100"})
         again = client.post("/v1/reviews", json=bridge.review_body(), headers={"Idempotency-Key": "order-A-100"})
         other = client.post("/v1/reviews", json=bridge.review_body(title="Something else"), headers={"Idempotency-Key": "order-A-100"})
+    first = created.json()
+    assert created.status_code == 201 and created.headers["content-type"] == "application/json"
+    assert created.headers["location"] == f"/v1/reviews/{first['id']}" and first["status"] == "queued"
     assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert again.headers["location"] == created.headers["location"]
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
     wait_for(lambda: bridge.review(first["id"])["ticket"], what="ticket")
     assert len([t for t in bridge.tickets() if first["id"] in str(t["fields"].get("labels"))]) == 1
