@@ -351,6 +351,12 @@ def start_bridge(settings: Settings, workdir: Path, *, worker: bool, name: str =
     return Server(argv, log=workdir / f"{name}.log", ready_path="/readyz")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class WorkerProcess:
     """``hitl-bridge worker`` in a child process (no HTTP: it is ready when jobs move)."""
 

@@ -26,6 +26,7 @@ from .common import (
     bridge_settings,
     closed_loop,
     count_rows,
+    cpu_seconds,
     open_loop,
     percentile,
     review_body,
@@ -120,11 +121,14 @@ def _run_layout(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, serv
             items = _approve(upstream, batch)
             upstream.configure(latency_ms=latency)
             time.sleep(0.5)
+            pids = [bridge.pid] + [p.pid for p in processes]
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
             since = time.monotonic()
             sent_at, acks, statuses = open_loop(f"{bridge.url}/v1/webhooks/jira", items, rate=rate)
             sent_seconds = time.monotonic() - since
             ids = [review_id for review_id, _ in batch]
             wait_until(lambda: all(i in callbacks.received for i in ids), timeout=60 + count / 10, interval=0.1)
+            cpu_ms = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) * 1000 / count  # its comments may still be running
             spent = upstream.timing.by_issue(since)
             end_to_end, own = [], []
             for review_id, ticket_key in batch:
@@ -140,7 +144,7 @@ def _run_layout(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, serv
                 "emulator_latency_ms": latency, "rate_per_s": rate, "webhooks": count, "sent_in_s": round(sent_seconds, 2),
                 "ack": summary(acks), "ack_statuses": {str(k): v for k, v in sorted(statuses.items())},
                 "webhook_to_callback": summary(end_to_end), "bridge_share": summary(own),
-                "callbacks_missing": count - len(end_to_end),
+                "callbacks_missing": count - len(end_to_end), "bridge_cpu_ms_per_webhook": round(cpu_ms, 1),
             }
             rows.append(row)
             say(f"webhooks ({row['layout']}) {latency} ms @ {rate}/s: ack p99 {row['ack']['p99_ms']} ms, to callback p99 "
