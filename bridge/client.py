@@ -12,9 +12,11 @@ failures are ``BridgeClientError`` too, with ``code="unreachable"``.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import httpx2
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .schemas import DecisionRecord, DecisionWaitOut, ReviewOut, ReviewRequest, Status
 
@@ -62,6 +64,23 @@ def _raise_for(response: httpx2.Response) -> None:
     )
 
 
+def _submit_retrying(retrying: type[Retrying] | type[AsyncRetrying], attempts: int) -> Any:
+    """Submissions are retried when the answer may have been lost (the bridge unreachable,
+    or 502/503/504 on the way), always with the same Idempotency-Key: a review the bridge
+    stored before the answer went missing comes back instead of a second review and
+    ticket."""
+    return retrying(stop=stop_after_attempt(attempts), wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+                    retry=retry_if_exception(_lost_answer), reraise=True)
+
+
+def _lost_answer(exc: BaseException) -> bool:
+    return isinstance(exc, BridgeClientError) and (exc.code == "unreachable" or exc.status in (502, 503, 504))
+
+
+def _idempotency_key(given: str | None) -> str:
+    return given or f"client-{uuid.uuid4().hex}"
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "User-Agent": "hitl-bridge-client"}
 
@@ -78,8 +97,10 @@ def _wait_result(response: httpx2.Response) -> DecisionRecord | DecisionWaitOut:
 
 
 class BridgeClient:
-    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx2.Client | None = None):
+    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx2.Client | None = None,
+                 submit_attempts: int = 4):
         self._http = http or httpx2.Client(base_url=url.rstrip("/"), headers=_headers(api_key), timeout=timeout)
+        self._submit_attempts = submit_attempts
 
     def __enter__(self) -> "BridgeClient":
         return self
@@ -97,9 +118,12 @@ class BridgeClient:
             raise BridgeClientError(f"cannot reach the bridge: {type(exc).__name__}", code="unreachable") from exc
 
     def submit(self, request: ReviewRequest | dict[str, Any], *, idempotency_key: str | None = None) -> ReviewOut:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._send("POST", "/v1/reviews", json=_request_body(request), headers=headers)
-        _raise_for(response)
+        """Without an ``idempotency_key``, one is made for this call (see ``_submit_retrying``)."""
+        body, headers = _request_body(request), {"Idempotency-Key": _idempotency_key(idempotency_key)}
+        for attempt in _submit_retrying(Retrying, self._submit_attempts):
+            with attempt:
+                response = self._send("POST", "/v1/reviews", json=body, headers=headers)
+                _raise_for(response)
         return ReviewOut.model_validate(response.json())
 
     def get(self, review_id: str) -> ReviewOut:
@@ -128,8 +152,10 @@ class BridgeClient:
 
 
 class AsyncBridgeClient:
-    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx2.AsyncClient | None = None):
+    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx2.AsyncClient | None = None,
+                 submit_attempts: int = 4):
         self._http = http or httpx2.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key), timeout=timeout)
+        self._submit_attempts = submit_attempts
 
     async def __aenter__(self) -> "AsyncBridgeClient":
         return self
@@ -147,9 +173,11 @@ class AsyncBridgeClient:
             raise BridgeClientError(f"cannot reach the bridge: {type(exc).__name__}", code="unreachable") from exc
 
     async def submit(self, request: ReviewRequest | dict[str, Any], *, idempotency_key: str | None = None) -> ReviewOut:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = await self._send("POST", "/v1/reviews", json=_request_body(request), headers=headers)
-        _raise_for(response)
+        body, headers = _request_body(request), {"Idempotency-Key": _idempotency_key(idempotency_key)}
+        async for attempt in _submit_retrying(AsyncRetrying, self._submit_attempts):
+            with attempt:
+                response = await self._send("POST", "/v1/reviews", json=body, headers=headers)
+                _raise_for(response)
         return ReviewOut.model_validate(response.json())
 
     async def get(self, review_id: str) -> ReviewOut:
