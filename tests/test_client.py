@@ -47,9 +47,7 @@ class AnswerDroppingProxy:
         threading.Thread(target=_pump, args=(agent, bridge), daemon=True).start()
         if dropping:
             bridge.recv(65536)  # the bridge's answer has begun: it has stored the review
-            for side in (agent, bridge):  # shut down, not just closed: the pump's recv wakes, FIN goes out
-                side.shutdown(socket.SHUT_RDWR)
-                side.close()
+            _hang_up(agent, bridge)
             return
         _pump(bridge, agent)
 
@@ -61,11 +59,18 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _hang_up(source, sink)
+
+
+def _hang_up(*sides: socket.socket) -> None:
+    """Shut down, not just close: a pump blocked in ``recv`` on the socket wakes, and the
+    peer sees the connection end. Either side may be gone already."""
+    for side in sides:
+        try:
+            side.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        side.close()
 
 
 @pytest.fixture
