@@ -40,6 +40,11 @@ _KIND_OF_STATUS = {status.value: kind for kind, status in STATUS_FOR_DECISION.it
 _NOT_SHADOW = or_(Review.route_mode.is_(None), Review.route_mode != "shadow")
 
 
+def _undecided(status: str) -> str:
+    """How a review no human decided counts in the mix."""
+    return status if status in ("expired", "cancelled", "failed") else "pending"
+
+
 def _seconds_to_decision(dialect: str) -> Any:
     """Computed by the database: one float a row instead of two timestamps to convert."""
     if dialect == "sqlite":
@@ -70,7 +75,7 @@ def route_stats(session: Session, routes: list[Any]) -> list[dict[str, Any]]:
         e["volume"] += n
         e["modes"].add(mode or "enforce")
         if mode != "shadow":
-            count(e, _KIND_OF_STATUS.get(status) or (status if status in ("expired", "cancelled", "failed") else "pending"), n)
+            count(e, _KIND_OF_STATUS.get(status) or _undecided(status), n)
     for name, seconds in session.execute(
         select(Review.route_name, _seconds_to_decision(session.get_bind().dialect.name))
         .where(routed, _NOT_SHADOW, Review.decided_at.is_not(None), Review.decision["source"].as_string() == "ticket")
@@ -82,7 +87,7 @@ def route_stats(session: Session, routes: list[Any]) -> list[dict[str, Any]]:
         e = entry(review.route_name)
         kind, seconds = _human(review)
         if kind is None:
-            kind = review.status if review.status in ("expired", "cancelled", "failed") else "pending"
+            kind = _undecided(review.status)
         elif seconds is not None:
             e["times"].append(seconds)
         count(e, kind)
