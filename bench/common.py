@@ -336,13 +336,18 @@ class Server:
         return 0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        _stop(self.process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the bridge shuts down gracefully), then SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def start_bridge(settings: Settings, workdir: Path, *, worker: bool, name: str = "bridge") -> Server:
@@ -370,7 +375,7 @@ class WorkerProcess:
         return self.process.pid
 
     def stop(self) -> None:
-        Server.stop(self)  # type: ignore[arg-type]  - the same terminate, wait, kill
+        _stop(self.process)
 
 
 def start_layout(settings: Settings, workdir: Path, *, workers: int, name: str) -> tuple[Server, list[WorkerProcess]]:
