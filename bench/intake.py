@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import AGENT_KEY, Callbacks, Database, Upstream, bridge_settings, closed_loop, review_body, say, start_app, start_bridge
+from .common import (AGENT_KEY, Callbacks, Database, Upstream, bridge_settings, closed_loop, cpu_seconds, review_body, say,
+                     start_app, start_bridge)
 
 WARMUP = 100
 
@@ -25,6 +26,14 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
 
+    def measured(server, *, concurrency: int, headers: dict[str, str]) -> dict[str, Any]:
+        """One closed loop, with the server process's CPU time per request beside it."""
+        before = cpu_seconds(server.pid)
+        result = closed_loop(server.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
+                             max_seconds=seconds, headers=headers)
+        cpu_ms = (cpu_seconds(server.pid) - before) * 1000 / max(1, len(result.latencies))
+        return {"concurrency": concurrency, **result.row(), "server_cpu_ms_per_request": round(cpu_ms, 2)}
+
     def bodies(n: int) -> list[bytes]:
         return [review_body(callbacks.url, next(counter)) for _ in range(n)]
 
@@ -36,10 +45,9 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
             closed_loop(server.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=headers)
         for concurrency in concurrencies:
             for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
-                result = closed_loop(server.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
-                                     max_seconds=seconds, headers=headers)
-                rows.append({"system": name, "concurrency": concurrency, **result.row()})
-                say(f"intake {name} c={concurrency}: {result.throughput()}/s p99 {rows[-1]['p99_ms']} ms")
+                rows.append({"system": name, **measured(server, concurrency=concurrency, headers=headers)})
+                say(f"intake {name} c={concurrency}: {rows[-1]['ok_per_s']}/s p99 {rows[-1]['p99_ms']} ms, "
+                    f"{rows[-1]['server_cpu_ms_per_request']} ms CPU a request")
     finally:
         baseline.stop()
         bridge.stop()
@@ -47,10 +55,8 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     try:
         concurrency = 16 if 16 in concurrencies else concurrencies[-1]
         closed_loop(with_worker.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=auth)
-        result = closed_loop(with_worker.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
-                             max_seconds=seconds, headers=auth)
-        rows.append({"system": "bridge + worker in-process", "concurrency": concurrency, **result.row()})
-        say(f"intake bridge+worker c={concurrency}: {result.throughput()}/s")
+        rows.append({"system": "bridge + worker in-process", **measured(with_worker, concurrency=concurrency, headers=auth)})
+        say(f"intake bridge+worker c={concurrency}: {rows[-1]['ok_per_s']}/s")
     finally:
         with_worker.stop()
         for db in (base_db, bridge_db, worker_db):

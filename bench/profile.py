@@ -1,7 +1,7 @@
 """Profile the bridge's intake or webhook path with py-spy while the bench loads it.
 
     .venv/bin/python -m bench.profile intake   [--seconds 8] [--concurrency 16]
-    .venv/bin/python -m bench.profile webhooks [--seconds 8] [--rate 100]
+    .venv/bin/python -m bench.profile webhooks [--seconds 8] [--rate 100] [--gil]
 
 Writes py-spy's collapsed stacks, a speedscope JSON and a plain-text summary (the functions
 with the most busy samples, inclusive and self) under bench/results/profiles/. Needs py-spy
@@ -22,10 +22,10 @@ from .common import (AGENT_KEY, ROOT, Callbacks, Database, bridge_settings, clos
 from .webhooks import _approve, _open_reviews
 
 
-def _record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen:
+def _record(pid: int, seconds: float, out: Path, fmt: str, gil: bool) -> subprocess.Popen:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
-                             "--format", fmt, "--output", str(out), "--nonblocking", "--threads"],
+                             "--format", fmt, "--output", str(out), "--nonblocking", "--threads", *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -63,6 +63,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profiles")
     parser.add_argument("--database-url", default=None, help="A PostgreSQL server to profile on (default: SQLite).")
+    parser.add_argument("--gil", action="store_true",
+                        help="Sample only the thread holding the GIL: where the process's Python CPU goes.")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     up = start_upstream()
@@ -78,7 +80,7 @@ def main() -> int:
             if args.path == "intake":
                 bodies = [review_body(callbacks.url, n) for n in range(20000)]
                 closed_loop(bridge.url, "/v1/reviews", bodies[:200], concurrency=4, max_seconds=10, headers=auth)
-                spies = [_record(bridge.pid, args.seconds, raw, "raw"), _record(bridge.pid, args.seconds, speedscope, "speedscope")]
+                spies = [_record(bridge.pid, args.seconds, path, fmt, args.gil) for path, fmt in ((raw, "raw"), (speedscope, "speedscope"))]
                 closed_loop(bridge.url, "/v1/reviews", bodies[200:], concurrency=args.concurrency,
                             max_seconds=args.seconds, headers=auth)
             else:
@@ -87,7 +89,7 @@ def main() -> int:
                             max_seconds=300, headers=auth)
                 wait_until(lambda: count_rows(db.url, "SELECT count(*) FROM reviews WHERE status = 'open'") >= n, timeout=300)
                 items = _approve(up, _open_reviews(db.url, n))
-                spies = [_record(bridge.pid, args.seconds, raw, "raw"), _record(bridge.pid, args.seconds, speedscope, "speedscope")]
+                spies = [_record(bridge.pid, args.seconds, path, fmt, args.gil) for path, fmt in ((raw, "raw"), (speedscope, "speedscope"))]
                 open_loop(f"{bridge.url}/v1/webhooks/jira", items, rate=args.rate)
             for spy in spies:
                 spy.wait(timeout=args.seconds + 60)

@@ -28,9 +28,9 @@ def markdown(report: dict[str, Any]) -> str:
         if "intake" in results:
             r = results["intake"]
             out.append(f"\n### 1. Intake (POST /v1/reviews) - goal {r['goal']}: {_met(r['met'])}\n\n")
-            out.append(_table(["system", "concurrency", "requests", "ok/s", "p50 ms", "p99 ms", "statuses"],
+            out.append(_table(["system", "concurrency", "requests", "ok/s", "p50 ms", "p99 ms", "statuses", "server CPU ms / request"],
                               [[x["system"], x["concurrency"], x["requests"], x["ok_per_s"], x["p50_ms"], x["p99_ms"],
-                                x["statuses"]] for x in r["rows"]]))
+                                x["statuses"], x.get("server_cpu_ms_per_request")] for x in r["rows"]]))
             out.append("\nBridge / baseline throughput: " + ", ".join(f"c={c}: {v}" for c, v in r["bridge_over_baseline"].items()) + "\n")
         if "webhooks" in results:
             r = results["webhooks"]

@@ -1,10 +1,15 @@
-"""FastAPI dependencies: the runtime and API-key authentication with scopes."""
+"""FastAPI dependencies: the runtime and API-key authentication with scopes.
+
+They are ``async``: FastAPI runs each sync dependency in the thread pool, a thread hop per
+dependency per request on the intake's hot path (bench/). What reads the database (a key
+made with `hitl-bridge keys create`, the admin session's key) still runs in the pool."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from . import keys
 from .config import ApiKey
@@ -12,7 +17,7 @@ from .errors import AuthenticationError, ForbiddenError
 from .runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -22,12 +27,14 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 def require(scope: str):
     """A dependency that admits a bearer key holding ``scope`` (``admin`` holds every scope)."""
 
-    def check(request: Request, rt: RuntimeDep) -> ApiKey:
+    async def check(request: Request, rt: RuntimeDep) -> ApiKey:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
-        key, why = keys.lookup(rt, token.strip())  # config keys, then keys made with `hitl-bridge keys create`
+        token = token.strip()
+        # config keys, then keys made with `hitl-bridge keys create`
+        key, why = keys.configured(rt, token) or await run_in_threadpool(keys.stored, rt, token)
         if key is None:
             if why == "expired":
                 raise AuthenticationError("the API key has expired", code="expired_api_key")
@@ -49,15 +56,15 @@ AdminKey = Annotated[ApiKey, Depends(require("admin"))]
 AuditKey = Annotated[ApiKey, Depends(require("audit"))]
 
 
-def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:
+async def require_admin_or_session(request: Request, rt: RuntimeDep) -> ApiKey:
     """An admin bearer key, or the admin page's session cookie (with its CSRF token on any
     request that changes something)."""
     from . import sessions
 
     if request.headers.get("authorization"):
-        return require("admin")(request, rt)
+        return await require("admin")(request, rt)
     cookie = request.cookies.get(sessions.COOKIE)
-    key = sessions.verify(lambda name: keys.by_name(rt, name), cookie)
+    key = await run_in_threadpool(sessions.verify, lambda name: keys.by_name(rt, name), cookie)
     if key is None:
         raise AuthenticationError("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
     if request.method not in ("GET", "HEAD", "OPTIONS") and not sessions.csrf_ok(key, cookie, request.headers.get(sessions.CSRF_HEADER)):

@@ -78,16 +78,27 @@ def list_keys(session: Session) -> list[dict]:
 
 def lookup(rt, token: str) -> tuple[ApiKey | None, str | None]:
     """(key, None) for a valid key; (None, why) otherwise ("invalid" or "expired")."""
+    found = configured(rt, token)
+    return found if found is not None else stored(rt, token)
+
+
+def configured(rt, token: str) -> tuple[ApiKey | None, str | None] | None:
+    """``lookup`` among the config file's keys, without the database: None when the token
+    is not one of them (it may be a key made with `hitl-bridge keys create`)."""
+    key = rt.settings.key_by_hash().get(hash_api_key(token))
+    if key is None:
+        return None
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        return None, "expired"
+    return key, None
+
+
+def stored(rt, token: str) -> tuple[ApiKey | None, str | None]:
+    """``lookup`` among the keys made with `hitl-bridge keys create` (a database read)."""
     digest = hash_api_key(token)
-    now = utcnow()
-    key = rt.settings.key_by_hash().get(digest)
-    if key is not None:
-        if key.expires_at is not None and key.expires_at <= now:
-            return None, "expired"
-        return key, None
     with rt.db.read() as session:
         row = session.execute(select(StoredApiKey).where(StoredApiKey.hash == digest)).scalar_one_or_none()
-        return _usable(row, now)
+        return _usable(row, utcnow())
 
 
 def by_name(rt, name: str) -> ApiKey | None:
