@@ -48,8 +48,10 @@ DELIVER, POST_REPLY, CREATE, SYNC, COMMENT, CLOSE, EXPIRE = (
 READ_RUN, LANGSMITH_FEEDBACK = "langsmith_read_run", "langsmith_feedback"  # bridge/langsmith.py
 
 
-def request_hash(request: ReviewRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_hash(dumped: dict[str, Any]) -> str:
+    """The hash of a request (``model_dump(mode="json")``) that tells a replay from a reuse
+    of its Idempotency-Key."""
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -67,18 +69,25 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
             code="unknown_connection",
             details={"field": "origin.connection", "known": sorted(rt.settings.connections)},
         )
-    digest = request_hash(request)
     # Routing and building the row are CPU work: done before the transaction, they do not
     # hold SQLite's one write lock while other submissions wait for it.
-    review, routed = _new_review(rt, request, api_key=api_key, idempotency_key=idempotency_key, digest=digest)
+    review, routed = _new_review(rt, request, api_key=api_key, idempotency_key=idempotency_key)
+    digest = review.request_hash
+
+    def write(session: Session) -> ReviewOut | None:
+        if rate_limit:
+            keys.count_submission(session, api_key, rate_limit)
+        _create(session, rt, review, request, routed)
+        session.flush()
+        # a queued review has no delivery or reply job yet: nothing to read back
+        return None if review.status == Status.queued else to_out(session, review, request=request)
+
     try:
-        with rt.db.transaction() as session:
-            if rate_limit:
-                keys.count_submission(session, api_key, rate_limit)
-            _create(session, rt, review, request, routed)
-            session.flush()
-            # a queued review has no delivery or reply job yet: nothing to read back
-            out = None if review.status == Status.queued else to_out(session, review, request=request)
+        if routed is not None and (routed.route is None or routed.route.mode == "shadow"):
+            with rt.db.transaction() as session:  # decided as it arrives, through the ORM: alone
+                out = write(session)
+        else:  # Core inserts only: safe to run again, so it may share a group commit
+            out = rt.db.grouped(write)
         out = out or to_out(None, review, request=request, jobs={})
     except IntegrityError:
         # The Idempotency-Key is taken (a retry, or a concurrent request that won): answer
@@ -109,13 +118,15 @@ def _by_idempotency(session: Session, api_key: str, key: str) -> Review | None:
     ).scalar_one_or_none()
 
 
-def _new_review(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None,
-                digest: str) -> tuple[Review, Any]:
+def _new_review(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None) -> tuple[Review, Any]:
     """The review's row, routed and placed (mapping snapshot and all): CPU work, done before
-    the transaction so it does not hold SQLite's one write lock."""
+    the transaction so it does not hold SQLite's one write lock. The request is dumped once
+    for its hash, its routing and its column."""
     review_id = new_id("rev")
+    dumped = request.model_dump(mode="json")
+    digest = request_hash(dumped)
     from_run = request.from_langsmith_run  # routed once the worker has read the run (READ_RUN)
-    routed = None if from_run else rt.router.route(review_id, request)
+    routed = None if from_run else rt.router.route(review_id, request, dumped=dumped)
     now = utcnow()
     review = Review(
         id=review_id,
@@ -123,7 +134,7 @@ def _new_review(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotenc
         updated_at=now,
         status=Status.queued,
         title=request.title or f"LangSmith run {request.langsmith.run_id}"[:255],
-        request=request.model_dump(mode="json"),
+        request=dumped,
         api_key_name=api_key,
         idempotency_key=idempotency_key,
         request_hash=digest,

@@ -61,10 +61,11 @@ class RouteDecision:
         return self.route is not None
 
 
-def routing_context(request: ReviewRequest, *, policy: bool = True) -> dict[str, Any]:
+def routing_context(request: ReviewRequest, *, policy: bool = True, dumped: dict[str, Any] | None = None) -> dict[str, Any]:
     """What route conditions see. ``policy``: run the content detectors (a tenth of intake's
-    time, mostly the phone-number scan), skipped when no condition names ``policy``."""
-    data = request.model_dump(mode="json")
+    time, mostly the phone-number scan), skipped when no condition names ``policy``.
+    ``dumped``: ``request.model_dump(mode="json")`` when the caller has it already."""
+    data = dumped if dumped is not None else request.model_dump(mode="json")
     return {
         "confidence": data["confidence"],
         "cost": data["cost"],
@@ -98,8 +99,8 @@ class Router:
         self._needs_policy = any("policy" in meta.find_undeclared_variables(ENV.parse(f"{{{{ {route.when} }}}}"))
                                  for route in routes)
 
-    def route(self, review_id: str, request: ReviewRequest) -> RouteDecision:
-        context = routing_context(request, policy=self._needs_policy)
+    def route(self, review_id: str, request: ReviewRequest, *, dumped: dict[str, Any] | None = None) -> RouteDecision:
+        context = routing_context(request, policy=self._needs_policy, dumped=dumped)
         for route, condition in self._compiled:
             try:
                 matched = bool(condition(**context))
