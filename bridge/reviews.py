@@ -452,9 +452,11 @@ _WEBHOOK_EVENTS = WebhookEvent.__table__
 
 
 def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> dict[str, Any]:
-    """Record verified events once and queue a read-back of each ticket they name."""
-    outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
-    with rt.db.transaction() as session:
+    """Record verified events once and queue a read-back of each ticket they name. Core
+    statements only, so concurrent webhooks share a group commit (``Database.grouped``)."""
+
+    def record(session: Session) -> dict[str, Any]:
+        outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
         sql = session.connection()
         for event in events:
             # the few columns needed, not the review's large JSON columns (the ack's hot path)
@@ -480,5 +482,8 @@ def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> d
                 code="unknown_ticket",
                 details={"tickets": sorted({e.ticket_key for e in events})},
             )
+        return outcome
+
+    outcome = rt.db.grouped(record)
     rt.wakeup.set()
     return outcome
