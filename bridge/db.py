@@ -146,6 +146,11 @@ class Database:
         with self._writer, self._sessions() as session, session.begin():
             yield session
 
+    @property
+    def one_writer(self) -> bool:
+        """Every write transaction waits for the one write lock (SQLite)."""
+        return self._writer is not None
+
     def grouped(self, work: Callable[[Session], T]) -> T:
         """``work(session)`` in a write transaction it may share with other threads' grouped
         work (a group commit): whoever gets the write lock runs everything waiting for it in
