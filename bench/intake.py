@@ -7,13 +7,17 @@ and once more with its worker in-process at one concurrency, for the record."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .common import (AGENT_KEY, Callbacks, Database, Upstream, bridge_settings, closed_loop, cpu_seconds, review_body, say,
-                     start_app, start_bridge)
+from .common import (AGENT_KEY, Callbacks, Database, LoadResult, Upstream, bridge_settings, closed_loop, cpu_seconds,
+                     review_body, say, start_app, start_bridge)
 
 WARMUP = 100
+TURNS = 3
+"""Baseline and bridge take turns at each concurrency (each turn a third of the time and
+requests), so the machine's drift over a run hits both alike."""
 
 
 def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: str | None, concurrencies: list[int],
@@ -26,13 +30,20 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
 
-    def measured(server, *, concurrency: int, headers: dict[str, str]) -> dict[str, Any]:
-        """One closed loop, with the server process's CPU time per request beside it."""
+    def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1) -> list[dict[str, Any]]:
+        """``turns`` closed loops: their results (merged when the turns are over) and the
+        server process's CPU time."""
         before = cpu_seconds(server.pid)
-        result = closed_loop(server.url, "/v1/reviews", bodies(max_requests), concurrency=concurrency,
-                             max_seconds=seconds, headers=headers)
-        cpu_ms = (cpu_seconds(server.pid) - before) * 1000 / max(1, len(result.latencies))
-        return {"concurrency": concurrency, **result.row(), "server_cpu_ms_per_request": round(cpu_ms, 2)}
+        result = closed_loop(server.url, "/v1/reviews", bodies(max_requests // turns), concurrency=concurrency,
+                             max_seconds=seconds / turns, headers=headers)
+        return [result, cpu_seconds(server.pid) - before]
+
+    def row(concurrency: int, turns: list) -> dict[str, Any]:
+        results, cpu = [t[0] for t in turns], sum(t[1] for t in turns)
+        merged = LoadResult(latencies=[x for r in results for x in r.latencies], statuses=sum((r.statuses for r in results), Counter()),
+                            elapsed=sum(r.elapsed for r in results), sent_at=[], responses=[])
+        cpu_ms = cpu * 1000 / max(1, len(merged.latencies))
+        return {"concurrency": concurrency, **merged.row(), "server_cpu_ms_per_request": round(cpu_ms, 2)}
 
     def bodies(n: int) -> list[bytes]:
         return [review_body(callbacks.url, next(counter)) for _ in range(n)]
@@ -44,8 +55,12 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
             closed_loop(server.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=headers)
         for concurrency in concurrencies:
-            for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
-                rows.append({"system": name, **measured(server, concurrency=concurrency, headers=headers)})
+            turns: dict[str, list] = {"baseline": [], "bridge": []}
+            for _ in range(TURNS):
+                for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
+                    turns[name].append(measured(server, concurrency=concurrency, headers=headers, turns=TURNS))
+            for name in turns:
+                rows.append({"system": name, **row(concurrency, turns[name])})
                 say(f"intake {name} c={concurrency}: {rows[-1]['ok_per_s']}/s p99 {rows[-1]['p99_ms']} ms, "
                     f"{rows[-1]['server_cpu_ms_per_request']} ms CPU a request")
     finally:
@@ -55,7 +70,7 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     try:
         concurrency = 16 if 16 in concurrencies else concurrencies[-1]
         closed_loop(with_worker.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=auth)
-        rows.append({"system": "bridge + worker in-process", **measured(with_worker, concurrency=concurrency, headers=auth)})
+        rows.append({"system": "bridge + worker in-process", **row(concurrency, [measured(with_worker, concurrency=concurrency, headers=auth)])})
         say(f"intake bridge+worker c={concurrency}: {rows[-1]['ok_per_s']}/s")
     finally:
         with_worker.stop()
