@@ -12,6 +12,22 @@ SHARED_CONTRACTS = ROOT.parent / "shared" / "contracts"
 
 
 @pytest.fixture
+def db(tmp_path):
+    """A migrated, empty database (SQLite, or PostgreSQL when ``HITL_TEST_DATABASE_URL``
+    names a server) and a ``Database`` on it."""
+    from bridge.db import Database
+    from bridge.migrate import upgrade
+    from harness import TestDatabase
+
+    database = TestDatabase(tmp_path)
+    upgrade(database.url)
+    handle = Database(database.url)
+    yield handle
+    handle.dispose()
+    database.drop()
+
+
+@pytest.fixture
 def recorder():
     rec = Recorder().start()
     yield rec

@@ -12,21 +12,9 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge import audit
 from bridge.db import Database
-from bridge.migrate import upgrade
 from bridge.models import AuditEvent, Review
-from harness import TestDatabase
 
 REVIEWS = Review.__table__
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = TestDatabase(tmp_path)
-    upgrade(database.url)
-    handle = Database(database.url)
-    yield handle
-    handle.dispose()
-    database.drop()
 
 
 def add(review_id: str):

@@ -10,21 +10,10 @@ import pytest
 
 from bridge import outbox
 from bridge.db import Database
-from bridge.migrate import upgrade
 from bridge.models import Job, Review
 from harness import Bridge, TestDatabase
 from helpers import wait_for
 from procs import Proc
-
-@pytest.fixture
-def db(tmp_path):
-    database = TestDatabase(tmp_path)
-    upgrade(database.url)
-    handle = Database(database.url)
-    yield handle
-    handle.dispose()
-    database.drop()
-
 
 def add_review(db: Database, review_id: str) -> None:
     with db.transaction() as session:
