@@ -1,8 +1,8 @@
 """Mappings: how a review becomes a ticket, and how that ticket's changes become a decision.
 
 A mapping is one YAML file in ``mappings/``. Ticket fields are Jinja2 templates rendered in
-a ``SandboxedEnvironment`` (admins edit them; a template can format, never execute code or
-reach Python internals). Rendered fields are handed to the connector in the vendor's shape.
+an ``ImmutableSandboxedEnvironment`` (admins edit them; a template can format, never execute
+code, reach Python internals or change the data it is shown). Rendered fields are handed to the connector in the vendor's shape.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import MappingError
@@ -231,8 +231,9 @@ def _percent(value: Any) -> str:
     return "n/a" if value is None else f"{float(value) * 100:.0f}%"
 
 
-class _Env(SandboxedEnvironment):
-    pass
+class _Env(ImmutableSandboxedEnvironment):
+    """Sandboxed, and lists and dicts are read-only: a template or route condition may not
+    change the review it is shown (routing sees the very dict that is stored)."""
 
 
 ENV = _Env(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)

@@ -57,6 +57,7 @@ def mapping_with(fields: dict) -> str:
     "{{ review.__class__ }}",
     "{{ cycler.__init__.__globals__ }}",
     "{{ lipsum.__globals__['os'].popen('id').read() }}",
+    "{{ review.metadata.clear() }}",  # read-only data, too
 ])
 def test_templates_cannot_reach_python(template):
     mapping = parse_mapping(mapping_with({"summary": template}), file="m.yaml")

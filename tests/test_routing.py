@@ -58,3 +58,11 @@ def test_bad_routes_are_refused_clearly(text, complaint):
 def test_conditions_cannot_reach_python():
     router = Router(parse_routes("routes: [{name: a, when: \"metadata.__class__.__mro__\", mapping: m}]"))
     assert router.route("rev_1", request(metadata={"x": 1})).route is None
+
+
+def test_conditions_cannot_change_the_request_they_route():
+    router = Router(parse_routes("routes: [{name: a, when: \"metadata.pop('tier') == 'gold'\", mapping: m}]"))
+    review = request(metadata={"tier": "gold"})
+    dumped = review.model_dump(mode="json")
+    assert router.route("rev_1", review, dumped=dumped).route is None
+    assert dumped["metadata"] == {"tier": "gold"}  # what is stored as the review's request
