@@ -2,7 +2,8 @@
 
 A mapping is one YAML file in ``mappings/``. Ticket fields are Jinja2 templates rendered in
 an ``ImmutableSandboxedEnvironment`` (admins edit them; a template can format, never execute
-code, reach Python internals or change the data it is shown). Rendered fields are handed to the connector in the vendor's shape.
+code, reach Python internals or change the data it is shown). Rendered fields are handed to
+the connector in the vendor's shape.
 """
 
 from __future__ import annotations
