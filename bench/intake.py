@@ -30,16 +30,17 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
 
-    def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1) -> list[dict[str, Any]]:
-        """``turns`` closed loops: their results (merged when the turns are over) and the
-        server process's CPU time."""
+    def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1) -> tuple[LoadResult, float]:
+        """One turn of ``turns``: a closed loop with its share of the time and requests, and
+        the server process's CPU seconds during it."""
         before = cpu_seconds(server.pid)
         result = closed_loop(server.url, "/v1/reviews", bodies(max_requests // turns), concurrency=concurrency,
                              max_seconds=seconds / turns, headers=headers)
-        return [result, cpu_seconds(server.pid) - before]
+        return result, cpu_seconds(server.pid) - before
 
-    def row(concurrency: int, turns: list) -> dict[str, Any]:
-        results, cpu = [t[0] for t in turns], sum(t[1] for t in turns)
+    def row(concurrency: int, turns: list[tuple[LoadResult, float]]) -> dict[str, Any]:
+        """The turns' results merged into one table row."""
+        results, cpu = [result for result, _ in turns], sum(seconds for _, seconds in turns)
         merged = LoadResult(latencies=[x for r in results for x in r.latencies], statuses=sum((r.statuses for r in results), Counter()),
                             elapsed=sum(r.elapsed for r in results), sent_at=[], responses=[])
         cpu_ms = cpu * 1000 / max(1, len(merged.latencies))
