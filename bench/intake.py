@@ -40,7 +40,7 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
 
     def row(concurrency: int, turns: list[tuple[LoadResult, float]]) -> dict[str, Any]:
         """The turns' results merged into one table row."""
-        results, cpu = [result for result, _ in turns], sum(seconds for _, seconds in turns)
+        results, cpu = [result for result, _ in turns], sum(cpu_s for _, cpu_s in turns)
         merged = LoadResult(latencies=[x for r in results for x in r.latencies], statuses=sum((r.statuses for r in results), Counter()),
                             elapsed=sum(r.elapsed for r in results), sent_at=[], responses=[])
         cpu_ms = cpu * 1000 / max(1, len(merged.latencies))
