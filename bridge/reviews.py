@@ -83,8 +83,8 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
         return None if review.status == Status.queued else to_out(session, review, request=request)
 
     try:
-        if routed is not None and (routed.route is None or routed.route.mode == "shadow"):
-            with rt.db.transaction() as session:  # decided as it arrives, through the ORM: alone
+        if _decided_on_arrival(routed):
+            with rt.db.transaction() as session:  # through the ORM: alone
                 out = write(session)
         else:  # Core inserts only: safe to run again, so it may share a group commit
             out = rt.db.grouped(write)
@@ -152,11 +152,17 @@ def _create(session: Session, rt: Runtime, review: Review, request: ReviewReques
         audit.record(session, "review.submitted", actor=submitted_by, review_id=review.id, title=request.title)
         outbox.enqueue(session, review.id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
         return
-    if routed.route is None or routed.route.mode == "shadow":
-        session.add(review)  # decided as it arrives: the ORM tracks the decision's changes to the row
+    if _decided_on_arrival(routed):
+        session.add(review)  # the ORM tracks the decision's changes to the row
     else:
         _insert(session, review)
     _queue(session, rt, review, request, routed, submitted_by=submitted_by)
+
+
+def _decided_on_arrival(routed: Any) -> bool:
+    """No route, or a shadow route: approved as it arrives (through the ORM, so its write
+    may not share a group commit). ``routed`` None: waiting for its LangSmith run."""
+    return routed is not None and (routed.route is None or routed.route.mode == "shadow")
 
 
 _INSERT_REVIEW = insert(Review.__table__)
