@@ -14,8 +14,11 @@ $(BIN)/.installed: pyproject.toml
 sandbox: $(BIN)/.installed
 	$(BIN)/hitl-bridge serve --sandbox
 
+# Four test processes on two cores: the suite mostly waits (on servers it starts, on
+# workers, on the browser), 3 min of CPU in 6 min of a lone run. One file per process, so
+# a module's servers start once.
 test: $(BIN)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadfile
 
 # Benchmarks (a few minutes; loopback only): bench/results/<date>.json and .md. More:
 # make bench BENCH_ARGS="--full --database-url postgresql://..." (see bench/README.md).
