@@ -13,6 +13,7 @@ from sqlalchemy import DateTime, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -96,14 +97,43 @@ def make_engine(url: str) -> Engine:
         def _begin_immediate(connection):
             # Take the write lock up front: two writers never deadlock upgrading read locks.
             # Reads (Database.read) begin deferred: in WAL mode they never wait for a writer.
-            read_only = connection.get_execution_options().get("hitl_read_only")
-            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            if connection.get_execution_options().get("hitl_read_only"):
+                connection.exec_driver_sql("BEGIN")
+            elif _NOW.on:
+                _begin_without_waiting(connection)
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def _begin_without_waiting(connection) -> None:
+    """BEGIN IMMEDIATE that fails at once with WriterBusy where another process (a CLI
+    command, a worker of its own) holds SQLite's write lock, instead of waiting in SQLite's
+    busy handler: the caller is the event loop, which must not wait (Database.writing_now)."""
+    driver = connection.connection.driver_connection
+    driver.execute("PRAGMA busy_timeout=0")
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    except OperationalError as exc:
+        if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            raise WriterBusy() from None
+        raise
+    finally:
+        driver.execute("PRAGMA busy_timeout=30000")
+
+
+class WriterBusy(Exception):
+    """Another process holds SQLite's write lock: do the write where waiting is harmless."""
+
+
 _SQLITE_WRITERS: dict[str, threading.RLock] = {}
+class _Now(threading.local):
+    on = False  # this thread is inside Database.writing_now
+
+
+_NOW = _Now()
 T = TypeVar("T")
 
 
@@ -146,6 +176,26 @@ class Database:
         with self._writer, self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def writing_now(self) -> Iterator[bool]:
+        """True if this thread can write at once, without waiting for anyone: SQLite, and no
+        thread of this process holds the write lock (taken here without waiting, and held for
+        the block). The block's transactions then never wait either: a group commit runs its
+        own part alone, and another process's hold on SQLite's lock raises WriterBusy at
+        once. The API's event loop uses it to do a short write itself, instead of handing it
+        to a thread and back, a hop that costs more CPU than the write (bench/README.md).
+        False on PostgreSQL (network round trips) or when the lock is taken: write in a
+        thread, where waiting holds up nobody else."""
+        if self._writer is None or not self._writer.acquire(blocking=False):
+            yield False
+            return
+        _NOW.on = True
+        try:
+            yield True
+        finally:
+            _NOW.on = False
+            self._writer.release()
+
     @property
     def one_writer(self) -> bool:
         """Every write transaction waits for the one write lock (SQLite)."""
@@ -160,6 +210,9 @@ class Database:
         group fails, each part runs again alone, so one part's error (a 409, a 429) is its own.
         ``work`` must be safe to run twice and may not open a transaction of its own."""
         mine = _Work(work)
+        if _NOW.on:  # writing_now: alone, so no other thread's part meets WriterBusy
+            self._commit([mine])
+            return mine.outcome()
         with self._waiting_lock:
             self._waiting.append(mine)
         with self._leader:

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .. import reversal, reviews
+from . import run_write
 from ..deps import AdminKey, ReadKey, RuntimeDep, WriteKey
 from ..schemas import DecisionRecord, DecisionReversal, DecisionWaitOut, ErrorOut, ReviewOut, ReviewPage, ReviewRequest, Status
 
@@ -20,15 +21,15 @@ ReviewId = Annotated[str, Path(pattern=r"^rev_[0-9a-f]{28}$", description="The r
 
 
 @router.post("", status_code=201, response_model=ReviewOut, responses=ERRORS)
-def submit_review(
+async def submit_review(
     body: ReviewRequest,
     rt: RuntimeDep,
     key: WriteKey,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """429 with Retry-After beyond the key's submissions a minute (counted across instances)."""
-    review, created = reviews.submit(rt, body, api_key=key.name, idempotency_key=idempotency_key,
-                                     rate_limit=key.rate_limit_per_minute)
+    review, created = await run_write(rt.db, reviews.submit, rt, body, api_key=key.name, idempotency_key=idempotency_key,
+                                      rate_limit=key.rate_limit_per_minute)
     # Serialised here, once: returned as a model, FastAPI would validate and dump it again
     # (the intake's hot path, bench/). ``response_model`` still documents it.
     return Response(review.model_dump_json(), status_code=201 if created else 200, media_type="application/json",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from connectors.errors import WebhookVerificationError
@@ -17,6 +16,7 @@ from connectors.errors import WebhookVerificationError
 from .. import reviews
 from ..deps import RuntimeDep
 from ..errors import AuthenticationError, BridgeError, NotFoundError
+from . import run_write
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 log = logging.getLogger("bridge.webhooks")
@@ -28,7 +28,7 @@ async def receive_webhook(connection: str, request: Request, rt: RuntimeDep) -> 
     if connection not in rt.settings.connections:
         rt.metrics.webhooks.labels("unknown", "unknown_connection").inc()
         raise NotFoundError(f"no connection named {connection!r}", code="unknown_connection")
-    return await run_in_threadpool(_handle, rt, connection, dict(request.headers), raw_body)
+    return await run_write(rt.db, _handle, rt, connection, dict(request.headers), raw_body)
 
 
 def _handle(rt, connection: str, headers: dict[str, str], raw_body: bytes) -> Response:
