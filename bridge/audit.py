@@ -24,6 +24,7 @@ _READ_HEAD = select(_HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _ADD_EVENTS = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
 _ADD_CONTENT = insert(_CONTENT)
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("new_hash"), count=_HEAD.c.count + bindparam("added"))
+_MOVE_HEAD_FROM = _MOVE_HEAD.where(_HEAD.c.hash == bindparam("old_hash"))
 _PENDING = "hitl_audit_pending"
 CONTENT_KEYS = frozenset({"title", "decision", "reason", "body", "message", "before", "after"})
 """Data keys that carry review content: kept beside the event (``audit_content``) and
@@ -57,11 +58,37 @@ def record(session: Session, kind: str, *, actor: str, review_id: str | None = N
 @orm_events.listens_for(Session, "before_commit")
 def _append_pending(session: Session) -> None:
     """Append the transaction's events in order: prepared Core statements on its connection
-    (through the ORM's unit of work, two events per submit were a third of intake's time)."""
+    (through the ORM's unit of work, two events per submit were a third of intake's time).
+
+    The chain's head is usually the one this process moved last: the events are chained
+    onto that and the head moved only if it still is (one statement); otherwise the head is
+    read, locked, and the events chained onto it (two). A hint that lost a race, or whose
+    transaction rolled back, only costs that second statement."""
     pending = session.info.pop(_PENDING, None)
     if not pending:
         return
     connection = session.connection()
+    key = id(connection.engine)
+    hint = _HEADS.get(key)
+    events, contents, new_hash = _chain(pending, hint) if hint is not None else (None, None, None)
+    if hint is None or connection.execute(_MOVE_HEAD_FROM, {"old_hash": hint, "new_hash": new_hash, "added": len(pending)}).rowcount != 1:
+        events, contents, new_hash = _chain(pending, _locked_head(connection))
+        connection.execute(_MOVE_HEAD, {"new_hash": new_hash, "added": len(pending)})
+    # One INSERT for all the events (a group commit's submissions bring several), ids in
+    # order; a lone row goes as a plain execute, cheaper than a batch of one.
+    event_ids = connection.execute(_ADD_EVENTS, _one_or_many(events)).scalars().all()
+    rows = [{"event_id": event_id, **content} for event_id, content in zip(event_ids, contents) if content]
+    if rows:
+        connection.execute(_ADD_CONTENT, _one_or_many(rows))
+    _HEADS[key] = new_hash
+
+
+_HEADS: dict[int, str] = {}
+"""Per engine: the head this process moved last. Only a hint: _MOVE_HEAD_FROM moves the head
+only if it is still that hash, and a head that has a hash is the chain's tip."""
+
+
+def _locked_head(connection) -> str:
     head = connection.execute(_READ_HEAD).first()
     if head is None:
         try:
@@ -70,9 +97,14 @@ def _append_pending(session: Session) -> None:
         except IntegrityError:
             pass
         head = connection.execute(_READ_HEAD).one()
-    prev_hash = head.hash
+    return head.hash
+
+
+def _chain(pending: list, prev_hash: str) -> tuple[list[dict[str, Any]], list[dict[str, Any] | None], str]:
+    """The pending events' rows chained onto ``prev_hash``, their content rows, the new head."""
     events, contents = [], []
     for kind, actor, review_id, at, data in pending:
+        data = dict(data)
         content = {key: data.pop(key) for key in sorted(data) if key in CONTENT_KEYS}
         salt = secrets.token_hex(16)
         if content:
@@ -82,13 +114,7 @@ def _append_pending(session: Session) -> None:
                        "prev_hash": prev_hash, "hash": digest})
         contents.append({"review_id": review_id, "salt": salt, "content": content} if content else None)
         prev_hash = digest
-    # One INSERT for all the events (a group commit's submissions bring several), ids in
-    # order; a lone row goes as a plain execute, cheaper than a batch of one.
-    event_ids = connection.execute(_ADD_EVENTS, _one_or_many(events)).scalars().all()
-    rows = [{"event_id": event_id, **content} for event_id, content in zip(event_ids, contents) if content]
-    if rows:
-        connection.execute(_ADD_CONTENT, _one_or_many(rows))
-    connection.execute(_MOVE_HEAD, {"new_hash": prev_hash, "added": len(pending)})
+    return events, contents, prev_hash
 
 
 def _one_or_many(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:

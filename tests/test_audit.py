@@ -75,3 +75,27 @@ def test_cli_verify(db, tmp_path, monkeypatch):
         session.execute(update(AuditEvent).where(AuditEvent.id == 1).values(data={"n": 99}))
     bad = CliRunner().invoke(app, ["audit", "verify", "--config", str(config)])
     assert bad.exit_code == 1 and "event 1" in bad.output
+
+
+def test_instances_appending_in_turn_keep_one_chain(db):
+    """Each instance chains onto the head it moved last while that is still the head; when
+    another instance moved it since, or its own transaction rolled back, it reads the head."""
+    other = Database(db.url)
+    try:
+        for n in range(4):
+            for writer in (db, other, other, db):
+                with writer.transaction() as session:
+                    audit.record(session, "review.submitted", actor="api_key:agent", review_id=f"rev_turn_{n}")
+        with pytest.raises(RuntimeError):
+            with other.transaction() as session:
+                audit.record(session, "review.submitted", actor="api_key:agent", review_id="rev_rolled_back")
+                session.flush()
+                audit._append_pending(session)  # the head moved in a transaction that then fails
+                raise RuntimeError("the transaction fails after the head moved")
+        with other.transaction() as session:
+            audit.record(session, "review.submitted", actor="api_key:agent", review_id="rev_after")
+    finally:
+        other.dispose()
+    result = verify(db)
+    assert result.ok, result.problem
+    assert result.checked == 5 + 16 + 1
