@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if settings.auto_migrate:
             upgrade(settings.database_url)
         rt = runtime or Runtime(settings)
+        stop_checkpoints = rt.db.checkpoint_in_background()
         rt.metrics.watch_queue(lambda: _depth(rt))
         app.state.runtime = rt
         worker = None
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 watcher.stop()
             if worker is not None:
                 worker.stop()
+            stop_checkpoints()
             if runtime is None:
                 rt.close()
 

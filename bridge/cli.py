@@ -112,6 +112,7 @@ def run_worker(config: ConfigOpt = None) -> None:
     if settings.auto_migrate:
         upgrade(settings.database_url)
     runtime = Runtime(settings)
+    stop_checkpoints = runtime.db.checkpoint_in_background()
     worker = Worker(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -127,6 +128,7 @@ def run_worker(config: ConfigOpt = None) -> None:
     if watcher is not None:
         watcher.stop()
     worker.stop()
+    stop_checkpoints()
     runtime.close()
 
 
