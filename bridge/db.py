@@ -89,10 +89,13 @@ def make_engine(url: str) -> Engine:
             # Let SQLAlchemy, not pysqlite, decide when transactions begin (see below).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            # Set WAL only when it is not yet: setting it can fail at once with "database is
+            # locked", busy timeout or not, while other connections write (seen in the tests).
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -130,8 +133,10 @@ class WriterBusy(Exception):
     """Another process holds SQLite's write lock: do the write where waiting is harmless."""
 
 
-def _rare_autocheckpoint(dbapi_connection, record) -> None:
-    dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
+def _rare_autocheckpoint(dbapi_connection, record, proxy) -> None:
+    if not record.info.get("hitl_rare_autocheckpoint"):  # once per connection, pooled ones too
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
+        record.info["hitl_rare_autocheckpoint"] = True
 
 
 SAFETY_NET_PAGES = 4000
@@ -259,19 +264,21 @@ class Database:
         path = self.engine.url.database
         if self._writer is None or not path or path == ":memory:":
             return lambda: None
-        event.listen(self.engine, "connect", _rare_autocheckpoint)
-        self.engine.dispose()  # connections already pooled reconnect with the safety net
+        event.listen(self.engine, "checkout", _rare_autocheckpoint)
         stop = threading.Event()
+
+        def checkpoint(connection: sqlite3.Connection) -> None:
+            try:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # e.g. the file is gone: try again next round
+                log.warning("sqlite.checkpoint_failed", extra={"error": str(exc)})
 
         def run() -> None:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
                 while not stop.wait(every_seconds):
-                    try:
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    except sqlite3.Error as exc:  # e.g. the file is gone: try again next round
-                        log.warning("sqlite.checkpoint_failed", extra={"error": str(exc)})
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    checkpoint(connection)
+                checkpoint(connection)  # what the last commits wrote
             finally:
                 connection.close()
 
@@ -281,8 +288,7 @@ class Database:
         def stop_checkpoints() -> None:
             stop.set()
             thread.join(10)
-            event.remove(self.engine, "connect", _rare_autocheckpoint)
-            self.engine.dispose()  # whoever uses the database next checkpoints as SQLite does
+            event.remove(self.engine, "checkout", _rare_autocheckpoint)
 
         return stop_checkpoints
 
