@@ -19,6 +19,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+log = logging.getLogger("bridge.db")
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -144,13 +146,12 @@ SAFETY_NET_PAGES = 4000
 many pages (16 MiB; SQLite's default is 1,000): only if the background falls that far behind."""
 
 
-log = logging.getLogger("bridge.db")
-_SQLITE_WRITERS: dict[str, threading.RLock] = {}
 class _Now(threading.local):
     on = False  # this thread is inside Database.writing_now
 
 
 _NOW = _Now()
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
 T = TypeVar("T")
 
 

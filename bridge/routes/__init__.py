@@ -18,7 +18,9 @@ async def run_write(db: Database, use_case: Callable[..., T], *args: Any, **kwar
     in the thread pool. A short SQLite write costs less CPU than the hop to a thread and back
     (intake at one request at a time: 0.56-0.66 x the bare insert with the hop, 0.73-0.75
     without, bench/README.md); anything that may wait, on a lock or the network, waits in a
-    thread, never on the loop."""
+    thread, never on the loop. ``use_case`` writes in one transaction: when another process
+    holds SQLite's lock, that transaction fails before writing anything and the whole use
+    case runs again in the pool."""
     with db.writing_now() as now:
         if now:
             try:
