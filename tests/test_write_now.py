@@ -47,9 +47,13 @@ def a_worker_thread_writing(bridge: Bridge) -> Iterator[None]:
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with Database(bridge.database_url).transaction():
-            held.set()
-            release.wait(30)
+        db = Database(bridge.database_url)
+        try:
+            with db.transaction():
+                held.set()
+                release.wait(30)
+        finally:
+            db.dispose()
 
     thread = threading.Thread(target=hold)
     thread.start()
