@@ -21,8 +21,25 @@ class _Correlation(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was when logging was
+    configured: a test runner swaps it per test, and a closed one made every later line a
+    "Logging error" (an embedding program may swap it too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"}))
     handler.addFilter(_Correlation())
     from .redact import LogRedaction  # card numbers and secrets never reach a log line

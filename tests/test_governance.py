@@ -227,3 +227,22 @@ def test_card_numbers_are_not_found_inside_ids():
 
     text = "review rev_01a2124111111111111111ab, card 4111 1111 1111 1111."
     assert [replacement for _, _, replacement in _cards(text)] == ["[card ****1111]"]
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_logged(monkeypatch):
+    """A test runner swaps sys.stderr per test and closes the old one; lines logged later
+    reach the new one instead of failing as 'Logging error'."""
+    import io
+    import sys
+
+    from bridge import logs
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure("INFO")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("bridge.test").warning("after.swap")
+    written = second.getvalue()
+    assert "Logging error" not in written
+    assert json.loads(written.splitlines()[-1])["message"] == "after.swap"
