@@ -20,6 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger("bridge.db")
+BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for another process's write lock (the event loop's
+writes do not wait at all: Database.writing_now)."""
 
 
 def utcnow() -> datetime:
@@ -84,14 +87,14 @@ def is_postgres(url: str) -> bool:
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, record):
             # Let SQLAlchemy, not pysqlite, decide when transactions begin (see below).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             # Set WAL only when it is not yet: setting it can fail at once with "database is
             # locked", busy timeout or not, while other connections write (seen in the tests).
             if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -124,11 +127,11 @@ def _begin_without_waiting(connection) -> None:
     try:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     except OperationalError as exc:
-        if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+        if getattr(exc.orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:  # and its extended codes
             raise WriterBusy() from None
         raise
     finally:
-        driver.execute("PRAGMA busy_timeout=30000")
+        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class WriterBusy(Exception):

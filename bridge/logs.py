@@ -26,9 +26,6 @@ class _Stderr(logging.StreamHandler):
     configured: a test runner swaps it per test, and a closed one made every later line a
     "Logging error" (an embedding program may swap it too)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stderr
