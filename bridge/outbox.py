@@ -64,14 +64,13 @@ def enqueue(
         return None
     if chained:
         chain.jobs.append(Job(id=job_id, **values))
-    else:
-        notify(session)
     return job_id
 
 
 def notify(session: Session) -> None:
     """Wake every listening worker when this transaction commits (PostgreSQL; elsewhere the
-    in-process event and polling do). Several in one transaction arrive as one."""
+    in-process event and polling do). Several in one transaction arrive as one. A new
+    pending job needs none: its INSERT notifies from a trigger (migration 0005)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 

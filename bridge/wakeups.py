@@ -1,7 +1,8 @@
 """Wake-ups for the worker across processes: PostgreSQL's LISTEN/NOTIFY.
 
-``outbox.enqueue`` sends a NOTIFY in the transaction that writes the job, so it is
-delivered when (and only if) that transaction commits. Each worker process LISTENs on a
+A new pending job's INSERT sends a NOTIFY from a trigger (migration 0005), and
+``outbox.notify`` sends one for jobs made due again, in the transaction that writes them,
+so it is delivered when (and only if) that transaction commits. Each worker process LISTENs on a
 dedicated connection and sets the runtime's wake-up event, so a job written by any
 instance is picked up within milliseconds. Polling stays as the fallback: while the
 listening connection is down (database restart, network), the worker still finds every

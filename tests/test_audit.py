@@ -9,20 +9,17 @@ from typer.testing import CliRunner
 from bridge import audit
 from bridge.cli import app
 from bridge.db import Database
-from bridge.migrate import upgrade
 from bridge.models import AuditEvent
 
 
 @pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'a.db'}"
-    upgrade(url)
-    database = Database(url)
-    with database.transaction() as session:
+def db(db):
+    """Five events on SQLite, or on PostgreSQL under HITL_TEST_DATABASE_URL (where a
+    transaction's events are appended in one statement)."""
+    with db.transaction() as session:
         for n in range(5):
             audit.record(session, "review.submitted", actor="api_key:agent", review_id=f"rev_{n}", n=n)
-    yield database
-    database.dispose()
+    return db
 
 
 def verify(db):
@@ -33,6 +30,26 @@ def verify(db):
 def test_intact_chain_verifies(db):
     result = verify(db)
     assert result.ok and result.checked == 5
+
+
+def test_a_transactions_events_keep_their_order_and_content(db):
+    """Several events of one transaction join the chain in the order they were recorded,
+    each with its own content (kept apart, so retention can purge it)."""
+    with db.transaction() as session:
+        audit.record(session, "review.submitted", actor="api_key:agent", review_id="rev_a", title="Refund $750", n=1.5)
+        audit.record(session, "ticket.created", actor="bridge", review_id="rev_a", key="HITL-1")
+        audit.record(session, "review.decided", actor="reviewer:ana@acme.com", review_id="rev_a",
+                     decision={"type": "reject", "message": "Not eligible: \"final sale\""})
+    with db.read() as session:
+        events = list(session.execute(select(AuditEvent).where(AuditEvent.review_id == "rev_a").order_by(AuditEvent.id)).scalars())
+        shown = audit.with_content(session, events)
+    assert [e["kind"] for e in shown] == ["review.submitted", "ticket.created", "review.decided"]
+    assert shown[0]["data"] == {"title": "Refund $750", "n": 1.5, "content_sha256": shown[0]["data"]["content_sha256"]}
+    assert shown[1]["data"] == {"key": "HITL-1"}
+    assert shown[2]["data"]["decision"] == {"type": "reject", "message": 'Not eligible: "final sale"'}
+    assert [e["prev_hash"] for e in shown[1:]] == [e["hash"] for e in shown[:-1]]
+    result = verify(db)
+    assert result.ok and result.checked == 8, result.problem
 
 
 def test_edited_event_is_caught(db):
