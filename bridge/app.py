@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -127,6 +128,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def _invalid(request: Request, exc: RequestValidationError):
         status, code, message, details = _validation_details(exc)
         return error(status, code, message, details)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError):
+        # The database is down or refusing connections (a restart, a failover): nothing was
+        # written, so the caller may send the same request again (the Python client does,
+        # with the same Idempotency-Key). Never the driver's text: it can name hosts and users.
+        log.error("database.unavailable", extra={"error": type(exc.orig).__name__, "path": request.url.path})
+        response = error(503, "database_unavailable", "the bridge cannot reach its database; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
