@@ -202,6 +202,11 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(self.engine.execution_options(hitl_read_only=True), expire_on_commit=False)
+        # One statement needs no transaction of its own on PostgreSQL: there, BEGIN and the
+        # ROLLBACK that ends a read are two round trips of three (Database.fetch: 669 -> 509
+        # us of CPU and 967 -> 634 us a look at a review, in-process A/B).
+        fetching = {"isolation_level": "AUTOCOMMIT"} if self.engine.dialect.name == "postgresql" else {}
+        self._fetchers = sessionmaker(self.engine.execution_options(hitl_read_only=True, **fetching), expire_on_commit=False)
         # SQLite has one writer at a time and every transaction here takes the write lock
         # (BEGIN IMMEDIATE). Threads of this process queue for it on a lock, which hands it
         # over at once; SQLite's busy handler, which other processes still meet, sleeps up
@@ -327,6 +332,15 @@ class Database:
         session ends the snapshot, and what was loaded stays readable."""
         with self._readers() as session:
             yield session
+
+    def fetch(self, model: type[T], key: Any) -> T | None:
+        """The row of ``model`` with primary key ``key``, detached, or None: one statement,
+        queued behind no writer (the worker's look at a review before each job)."""
+        with self._fetchers() as session:
+            row = session.get(model, key)
+            if row is not None:
+                session.expunge(row)
+            return row
 
     def session(self) -> Session:
         return self._sessions()

@@ -407,11 +407,9 @@ def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Review, bool]:
     """For the long-poll: the review, and whether it has a decision to hand over now.
 
     Polls read without taking the write lock; only the hand-over itself is written."""
-    with rt.db.read() as session:
-        review = session.get(Review, review_id)
-        if review is None:
-            raise NotFoundError(f"no review {review_id!r}")
-        session.expunge(review)
+    review = rt.db.fetch(Review, review_id)
+    if review is None:
+        raise NotFoundError(f"no review {review_id!r}")
     ready = review.decision is not None
     if ready and review.delivered_at is None and review.request.get("resume") is None:
         with rt.db.transaction() as session:

@@ -231,11 +231,7 @@ class Worker:
         if handed is not None and handed.id == review_id:
             self._chained.review = None
             return handed  # a chained job: the row as the transaction that queued it committed it
-        # a read snapshot: a job's first look queues behind no writer (webhook acks are writers)
-        with self.rt.db.read() as session:
-            review = session.get(Review, review_id)
-            session.expunge(review)
-            return review
+        return self.rt.db.fetch(Review, review_id)  # queues behind no writer (webhook acks are writers)
 
     def _finish(self, job: Job, apply: Callable[[Session, Review], None] | None = None) -> None:
         """Record a job's result and end it in one transaction. A delivery it queues (a
