@@ -50,7 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "0,1 on PostgreSQL.")
     p.add_argument("--slow-latency", type=int, default=300, help="Emulator latency (ms) against the naive pattern.")
     p.add_argument("--rate-limit", type=float, default=10.0, help="Emulator rate limit (calls/s) against the naive pattern.")
-    p.add_argument("--naive-reviews", type=int, default=60, help="Reviews per design and upstream speed.")
+    p.add_argument("--naive-reviews", type=int, default=120, help="Reviews per design and upstream speed.")
     p.add_argument("--sizes", type=_ints, default=[10_000, 100_000], help="Stored reviews for the scale section.")
     p.add_argument("--full", action="store_true", help="Scale up to 1,000,000 stored reviews (slow on SQLite).")
     p.add_argument("--samples", type=int, default=200, help="Calls per scale measurement.")
