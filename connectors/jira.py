@@ -128,6 +128,7 @@ def _is_status_item(item: Mapping[str, Any]) -> bool:
 
 
 _PROJECT_TYPES: dict[tuple[str, str], str] = {}  # (server, issue) -> projectTypeKey
+_SERVER_INFO: dict[str, dict[str, Any]] = {}  # server -> its serverInfo
 
 
 class JiraConnector:
@@ -147,7 +148,10 @@ class JiraConnector:
             raise translate_error(exc, operation=operation) from None
 
     def _jira(self) -> JIRA:
-        """Built on first use, paced, then asked for serverInfo (the version decides which calls exist)."""
+        """Built on first use, paced, then told the server's version (it decides which calls
+        exist): asked once per process and server, not once per worker thread (each thread
+        has its own connector; a cold thread's first job paid a round trip more, 100 ms of a
+        slow Jira, and every thread spent a call of the rate limit on it)."""
         if self._client is None:
             client = JIRA(
                 server=self.config.base_url,
@@ -159,7 +163,9 @@ class JiraConnector:
                 logging=False,
             )
             pace(client._session, self.config.rate_limit_per_second, name=self.config.name)
-            info = client.server_info()  # what get_server_info=True would do in the constructor
+            info = _SERVER_INFO.get(self.config.base_url)
+            if info is None:  # what get_server_info=True would do in the constructor
+                info = _SERVER_INFO[self.config.base_url] = client.server_info()
             client._version = tuple(info["versionNumbers"])
             client.deploymentType = info.get("deploymentType")
             self._client = client

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 
 import pytest
@@ -188,3 +189,32 @@ def test_the_library_searches_and_reads_projects(jira):
     issue = client.create_issue(fields={"project": "HITL", "issuetype": "Bug", "summary": "via names"})
     assert issue.key.startswith("HITL-") and issue.fields.status.name == "To Do"
     client.close()
+
+
+def test_the_servers_version_is_asked_once_for_every_thread(recorder):
+    """Each worker thread has its own connector; the server's version is asked once per
+    process and server, not once per thread (a round trip and a call of the rate limit each)."""
+    class Counting(JiraEmulator):
+        asked = 0
+
+        def _r_server_info(self, request, username, body):
+            Counting.asked += 1
+            return super()._r_server_info(request, username, body)
+
+    running = start_emulator(Counting(webhook_url=recorder.url + "/hook", webhook_secret=SECRET))
+    config = config_for(running.connection("jira"))
+    connectors = [connector_for(config) for _ in range(4)]
+    try:
+        ref = connectors[0].create_ticket({"project": {"key": "HITL"}, "issuetype": {"name": "Task"}, "summary": "One"},
+                                          review_id="rev_version_once")
+        threads = [threading.Thread(target=c.get_ticket, args=(ref.key,)) for c in connectors[1:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(c.get_ticket(ref.key).ref.key == ref.key for c in connectors)
+        assert Counting.asked == 1
+    finally:
+        for connector in connectors:
+            connector.close()
+        running.stop()
