@@ -27,6 +27,7 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self._local = threading.local()
         self._accounts: dict[str, Person] = {}
+        self._asking = threading.Lock()
         self._connectors: list[Connector] = []  # every thread's, so close() releases their sockets
         self.wakeup = threading.Event()
         self.reload()
@@ -62,9 +63,15 @@ class Runtime:
         return cache[connection]
 
     def bridge_account(self, connection: str) -> Person:
-        if connection not in self._accounts:
-            self._accounts[connection] = self.connector(connection).check()
-        return self._accounts[connection]
+        """Who the bridge is in a connection's system, asked once: worker threads that want
+        it at once wait for the first to ask (a cold worker sent one call per thread)."""
+        account = self._accounts.get(connection)
+        if account is None:
+            with self._asking:
+                account = self._accounts.get(connection)
+                if account is None:
+                    account = self._accounts[connection] = self.connector(connection).check()
+        return account
 
     def close(self) -> None:
         for connector in self._connectors:

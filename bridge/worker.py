@@ -292,8 +292,8 @@ class Worker:
             return self._finish(job)
         mapping = reviews.snapshot_mapping(review)
         request = ReviewRequest.model_validate(review.request)
+        account = self.rt.bridge_account(mapping.connection)  # first: a connector that asked keeps the answer
         ticket = self._connector(mapping.connection).get_ticket(review.ticket_key)
-        account = self.rt.bridge_account(mapping.connection)
         groups = groups_for(self._connector(mapping.connection), mapping, ticket.changed_by)
         approvals = approvals_of(self.rt.db, review.id) if mapping.reviewers.quorum > 1 else ()
         result = decide(ticket, mapping, request, since=review.created_at, bridge_account=account, groups=groups, approvals=approvals)

@@ -129,6 +129,7 @@ def _is_status_item(item: Mapping[str, Any]) -> bool:
 
 _PROJECT_TYPES: dict[tuple[str, str], str] = {}  # (server, issue) -> projectTypeKey
 _SERVER_INFO: dict[str, dict[str, Any]] = {}  # server -> its serverInfo
+_ACCOUNTS: dict[tuple[str, str], Person] = {}  # (server, email) -> the bridge's account there
 
 
 class JiraConnector:
@@ -138,7 +139,6 @@ class JiraConnector:
     def __init__(self, config: JiraConfig):
         self.config = config
         self._client: JIRA | None = None
-        self._me: Person | None = None
 
     # ----- plumbing --------------------------------------------------------------
     def _call(self, operation: str, fn: Callable[[JIRA], T]) -> T:
@@ -175,9 +175,10 @@ class JiraConnector:
         return TicketRef(key=str(issue_id), display=key, url=f"{self.config.base_url}/browse/{key}")
 
     def _bridge_account(self) -> Person:
-        if self._me is None:
-            self._me = self.check()
-        return self._me
+        """Who the bridge is on this server (its own comments are told apart by it): asked
+        once per process, server and account, like the version, not once per worker thread
+        (a round trip of a cold thread's first read-back, 38 calls in a bench phase)."""
+        return _ACCOUNTS.get((self.config.base_url, self.config.email)) or self.check()
 
     # ----- the protocol ----------------------------------------------------------
     def check(self) -> Person:
@@ -185,7 +186,7 @@ class JiraConnector:
         me = person(raw)
         if me is None:
             raise PermanentError("Jira did not say who the bridge account is", operation="check")
-        self._me = me
+        _ACCOUNTS[(self.config.base_url, self.config.email)] = me
         return me
 
     def create_ticket(self, fields: Mapping[str, Any], *, review_id: str) -> TicketRef:

@@ -213,3 +213,25 @@ routes:
     assert routed and passed and len(routed) + len(passed) == 24
     assert all(r["status"] == "queued" for r in routed)
     assert all(r["status"] == "auto_approved" and "no route requires review" in r["route"]["reason"] for r in passed)
+
+
+def test_decisions_at_once_on_a_fresh_bridge_ask_jira_who_the_bridge_is_once(tmp_path, monkeypatch):
+    """Worker threads creating tickets and reading decisions back at the same moment share
+    one answer to "who is the bridge here" (it tells the bridge's own changes and comments
+    apart): one call, not one per thread, against a rate-limited API."""
+    from connectors.emulators.jira import JiraEmulator
+
+    asked = []
+    plain = JiraEmulator._r_myself
+    monkeypatch.setattr(JiraEmulator, "_r_myself", lambda self, *a: asked.append(1) or plain(self, *a))
+    bridge = Bridge(tmp_path, worker={"concurrency": 8}).start()
+    try:
+        reviews = [bridge.submit() for _ in range(8)]
+        keys = [bridge.wait_ticket(r["id"])["ticket"]["key"] for r in reviews]
+        for key in keys:
+            bridge.act("jira", key, "approve")
+        for review in reviews:
+            assert bridge.verified_callback(review["id"])["status"] == "approved"
+        assert len(asked) == 1
+    finally:
+        bridge.stop()
