@@ -185,7 +185,7 @@ class LangSmithJobs:
             self.rt.metrics.reviews.labels(row.status, row.route_name or "").inc()
 
         self.worker._finish(job, apply)
-        self.rt.wakeup.set()
+        self.rt.wake()
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         with self.rt.db.transaction() as session:

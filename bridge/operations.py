@@ -87,10 +87,11 @@ def retry_failed(rt: Runtime, review_id: str, *, actor: str) -> ReviewOut:
         if job is not None and job.state in ("dead", "cancelled", "done"):
             job.state, job.attempts, job.run_at = "pending", 0, utcnow()
             job.last_error = job.finished_at = job.locked_until = job.locked_by = None
+            outbox.notify(session)  # due again: only a new job's INSERT notifies by itself
         elif job is None:
             outbox.enqueue(session, review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
         audit.record(session, "review.retried", actor=actor, review_id=review_id,
                      mapping=review.mapping_name, mapping_version=review.mapping_version, previous_version=previous)
         out = to_out(session, review)
-    rt.wakeup.set()
+    rt.wake()
     return out

@@ -91,6 +91,6 @@ def reverse_review(rt: Runtime, review_id: str, body: DecisionReversal, *, actor
         review = reverse(session, review_id, body.decisions, reason=body.reason, actor=actor,
                          max_attempts=rt.settings.worker.max_attempts)
         out = to_out(session, review)
-    rt.wakeup.set()
+    rt.wake()
     rt.metrics.reviews.labels(out.status, out.route.name or "").inc()
     return out

@@ -97,7 +97,7 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
             if existing is None:
                 raise
             return _replayed(session, existing, digest), False
-    rt.wakeup.set()
+    rt.wake()
     rt.metrics.reviews.labels(out.status, out.route.name or "").inc()
     return out, True
 
@@ -437,7 +437,7 @@ def cancel(rt: Runtime, review_id: str, *, api_key: str) -> ReviewOut:
             outbox.enqueue(session, review.id, CLOSE, dedupe_key=f"on_cancel:{review.id}", payload={"action": "on_cancel"})
         audit.record(session, "review.cancelled", actor=f"api_key:{api_key}", review_id=review.id)
         out = to_out(session, review)
-    rt.wakeup.set()
+    rt.wake()
     rt.metrics.reviews.labels(Status.cancelled, out.route.name or "").inc()
     return out
 
@@ -492,5 +492,5 @@ def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> d
     else:  # PostgreSQL runs them side by side; grouped, they queued behind one leader (bench/README.md)
         with rt.db.transaction() as session:
             outcome = record(session)
-    rt.wakeup.set()
+    rt.wake()
     return outcome

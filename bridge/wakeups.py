@@ -31,9 +31,10 @@ def conninfo(url: str) -> str:
 class Listener:
     """One thread and one connection per process; calls ``wake()`` for each notification."""
 
-    def __init__(self, url: str, wake: Callable[[], None], *, retry_seconds: float = 1.0):
+    def __init__(self, url: str, wake: Callable[[], None], *, retry_seconds: float = 1.0,
+                 listening: threading.Event | None = None):
         self.url, self.wake, self.retry_seconds = url, wake, retry_seconds
-        self.listening = threading.Event()
+        self.listening = listening or threading.Event()  # set while notifications arrive
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

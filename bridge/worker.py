@@ -77,7 +77,7 @@ class Worker:
     # ----- loop ------------------------------------------------------------------------
     def start(self) -> None:
         if Listener.supported(self.rt.settings.database_url):
-            self._listener = Listener(self.rt.settings.database_url, self.rt.wakeup.set).start()
+            self._listener = Listener(self.rt.settings.database_url, self.rt.wakeup.set, listening=self.rt.listening).start()
         for n in range(self.rt.settings.worker.concurrency):
             thread = threading.Thread(target=self._loop, name=f"worker-{n}", daemon=True)
             thread.start()
@@ -139,7 +139,7 @@ class Worker:
                         self._run(job)
                 except Exception:
                     log.exception("worker.loop_error")
-            self.rt.wakeup.set()  # the job may have queued others (a reached-the-agent comment): look now
+            self.rt.wake()  # the job may have queued others (a reached-the-agent comment): look now
 
     def _renew_leases(self) -> None:
         """Every third of a lease, extend the leases of the jobs in hand (one statement)."""

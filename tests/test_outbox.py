@@ -151,3 +151,26 @@ def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
         api.kill()
         worker.kill()
         bridge.stop()
+
+
+@pytest.mark.skipif(not TestDatabase.postgres_configured(), reason="LISTEN/NOTIFY needs HITL_TEST_DATABASE_URL (PostgreSQL)")
+def test_a_listening_worker_in_the_api_process_is_woken_by_the_database(tmp_path):
+    """API and worker in one process on PostgreSQL: the worker hears of new jobs from the
+    database's NOTIFY alone (the API does not wake it a second time, which cost an empty
+    claim a job), and still within milliseconds: it polls only every 30 s here."""
+    bridge = Bridge(tmp_path)
+    slow_poll = bridge.worker_settings.model_copy(update={"poll_interval_seconds": 30})
+    bridge.settings = bridge.settings.model_copy(update={"worker": slow_poll})
+    bridge.start()
+    try:
+        time.sleep(1)  # the worker is listening and has found nothing to do
+        review = bridge.submit()
+        started = time.monotonic()
+        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        bridge.act("jira", key, "approve")
+        wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=5, interval=0.005, what="the callback")
+        assert time.monotonic() - started < 1.5
+    finally:
+        bridge.stop()
