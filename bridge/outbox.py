@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 from tenacity import wait_exponential_jitter
 
@@ -75,15 +75,14 @@ def notify(session: Session) -> None:
         session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
+def _due(table, now):
+    return and_(table.c.state.in_(ACTIVE), table.c.run_at <= now,
+                or_(table.c.locked_until.is_(None), table.c.locked_until < now))
+
+
 def _claim_statement(dialect: str):
     now = bindparam("now")
-    due = (
-        select(JOBS.c.id)
-        .where(JOBS.c.state.in_(ACTIVE), JOBS.c.run_at <= now,
-               or_(JOBS.c.locked_until.is_(None), JOBS.c.locked_until < now))
-        .order_by(JOBS.c.run_at, JOBS.c.id)
-        .limit(1)
-    )
+    due = select(JOBS.c.id).where(_due(JOBS, now)).order_by(JOBS.c.run_at, JOBS.c.id).limit(1)
     if dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
     return (
@@ -95,19 +94,23 @@ def _claim_statement(dialect: str):
 
 
 _CLAIM = {dialect: _claim_statement(dialect) for dialect in ("sqlite", "postgresql")}
+_MORE_DUE = select(exists().where(_due(JOBS, bindparam("now"))))
 
 
-def claim(db: Database, worker_id: str, *, lease_seconds: float) -> Job | None:
-    """Take the oldest due job (or one whose lease expired) for ``lease_seconds``: one
-    ``UPDATE ... WHERE id = (oldest due) RETURNING`` (``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL), built once; an ORM select-then-flush was two statements and most of a
-    claim's CPU (bench/)."""
+def claim(db: Database, worker_id: str, *, lease_seconds: float) -> tuple[Job | None, bool]:
+    """Take the oldest due job (or one whose lease expired) for ``lease_seconds``, and say
+    whether another is due as well: ``UPDATE ... WHERE id = (oldest due) RETURNING``
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), built once (an ORM select-then-flush was two
+    statements and most of a claim's CPU, bench/), then ``SELECT EXISTS (due)`` in the same
+    transaction. The worker looks again at once only when another is due: it used to after
+    every job, and that look mostly found nothing, an empty write transaction a job."""
     now = utcnow()
     with db.transaction() as session:
-        row = session.connection().execute(
-            _CLAIM[db.engine.dialect.name], {"now": now, "worker": worker_id, "lease_end": now + timedelta(seconds=lease_seconds)}
-        ).first()
-    return Job(**row._mapping) if row is not None else None
+        sql = session.connection()
+        row = sql.execute(_CLAIM[db.engine.dialect.name],
+                          {"now": now, "worker": worker_id, "lease_end": now + timedelta(seconds=lease_seconds)}).first()
+        more = row is not None and bool(sql.execute(_MORE_DUE, {"now": now}).scalar())
+    return (Job(**row._mapping) if row is not None else None), more
 
 
 def renew(db: Database, worker_id: str, *, lease_seconds: float) -> int:

@@ -61,6 +61,7 @@ class Worker:
         self.breakers = CircuitBreakers(threshold=settings.breaker_threshold, cooldown_seconds=settings.breaker_cooldown_seconds)
         self._calls = threading.local()  # the connections the current job has used
         self._looking = threading.Lock()  # held by the one idle thread looking for a job
+        self._more_due = True  # the last look saw another job due: look again at once
         self._chained = threading.local()  # the jobs this thread claimed in its last transaction
         self.handlers: dict[str, Callable[[Job], None]] = {
             reviews.CREATE: self.create_ticket,
@@ -116,20 +117,22 @@ class Worker:
             # One idle thread looks for work at a time; the others queue on ``_looking``. A
             # wake-up then costs one claim, not one per thread (each a write transaction:
             # with 32 threads that herd swamped webhook acks, measured in bench/). A thread
-            # that claimed a job hands the look-out on before running it.
+            # that claimed a job hands the look-out on before running it; the next looks at
+            # once only if another job was due, else it waits to hear of one (or polls).
             with self._looking:
                 if self._stop.is_set():
                     return
+                if not self._more_due:
+                    self.rt.wakeup.wait(interval)
                 # Cleared before looking, not after: a wake-up that arrives while we look is
-                # kept, so the wait below returns at once instead of after the poll interval.
+                # kept, so the wait above returns at once instead of after the poll interval.
                 self.rt.wakeup.clear()
                 try:
-                    job = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
+                    job, self._more_due = outbox.claim(self.rt.db, self.id, lease_seconds=self.rt.settings.worker.lease_seconds)
                 except Exception:  # the loop must survive anything, e.g. a database restart
                     log.exception("worker.loop_error")
-                    job = None
+                    job, self._more_due = None, False
                 if job is None:
-                    self.rt.wakeup.wait(interval)
                     continue
             self._chained.jobs, self._chained.review = [job], None
             while self._chained.jobs:  # the job, then any it chained (a decision's delivery)

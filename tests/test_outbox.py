@@ -29,7 +29,7 @@ def test_concurrent_claims_take_each_job_once(db):
     lock = threading.Lock()
 
     def drain(name: str) -> None:
-        while (job := outbox.claim(db, name, lease_seconds=60)) is not None:
+        while (job := outbox.claim(db, name, lease_seconds=60)[0]) is not None:
             with lock:
                 claimed.append(job.id)
             with db.transaction() as session:
@@ -43,20 +43,35 @@ def test_concurrent_claims_take_each_job_once(db):
     assert len(claimed) == 120 and len(set(claimed)) == 120
 
 
+def test_a_claim_says_whether_another_job_is_due(db):
+    """The worker looks again at once only if another job was due when it claimed one; a
+    job delayed into the future, or held under a lease, is not due."""
+    add_review(db, "rev_1")
+    with db.transaction() as session:
+        outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="a")
+        outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="b")
+        outbox.enqueue(session, "rev_1", "expire_review", delay_seconds=600)
+    first, more = outbox.claim(db, "w", lease_seconds=60)
+    assert first is not None and more
+    second, more = outbox.claim(db, "w", lease_seconds=60)
+    assert second is not None and second.id != first.id and not more
+    assert outbox.claim(db, "w", lease_seconds=60) == (None, False)
+
+
 def test_an_expired_lease_is_claimed_again_and_a_released_job_at_once(db):
     add_review(db, "rev_1")
     with db.transaction() as session:
         outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="a")
         outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="b")
-    first = outbox.claim(db, "dead-worker", lease_seconds=0.3)
-    second = outbox.claim(db, "leaving-worker", lease_seconds=600)
-    assert outbox.claim(db, "other", lease_seconds=60) is None
+    first = outbox.claim(db, "dead-worker", lease_seconds=0.3)[0]
+    second = outbox.claim(db, "leaving-worker", lease_seconds=600)[0]
+    assert outbox.claim(db, "other", lease_seconds=60)[0] is None
     # A worker shutting down hands its job back: claimable now, the attempt not counted.
     assert outbox.release(db, "leaving-worker") == 1
-    again = outbox.claim(db, "other", lease_seconds=60)
+    again = outbox.claim(db, "other", lease_seconds=60)[0]
     assert again.id == second.id and again.attempts == 1
     time.sleep(0.4)
-    taken_over = outbox.claim(db, "other", lease_seconds=60)
+    taken_over = outbox.claim(db, "other", lease_seconds=60)[0]
     assert taken_over.id == first.id and taken_over.attempts == 2
 
 
@@ -69,11 +84,11 @@ def test_a_chained_job_is_held_by_the_worker_that_queued_it_until_its_lease_runs
         outbox.enqueue(session, "rev_1", "deliver_decision")
         outbox.enqueue(session, "rev_1", "ticket_comment", dedupe_key="c")  # not a chained kind: queued as usual
     assert [(j.kind, j.state, j.locked_by, j.attempts) for j in chain.jobs] == [("deliver_decision", "running", "dying-worker", 1)]
-    comment = outbox.claim(db, "other", lease_seconds=60)
+    comment = outbox.claim(db, "other", lease_seconds=60)[0]
     assert comment.kind == "ticket_comment"
-    assert outbox.claim(db, "other", lease_seconds=60) is None  # the delivery's lease holds
+    assert outbox.claim(db, "other", lease_seconds=60)[0] is None  # the delivery's lease holds
     time.sleep(0.4)
-    taken_over = outbox.claim(db, "other", lease_seconds=60)
+    taken_over = outbox.claim(db, "other", lease_seconds=60)[0]
     assert (taken_over.id, taken_over.kind, taken_over.attempts) == (chain.jobs[0].id, "deliver_decision", 2)
 
 
