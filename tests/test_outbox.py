@@ -136,13 +136,34 @@ def test_a_job_kind_from_a_newer_version_is_handed_back_at_once_not_held_for_a_l
         bridge.stop()
 
 
-@pytest.mark.skipif(not TestDatabase.postgres_configured(), reason="LISTEN/NOTIFY needs HITL_TEST_DATABASE_URL (PostgreSQL)")
-def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
-    """API and worker in separate processes, the worker polling only every 30 s: only the
-    NOTIFY sent with each job can make the decision reach the agent this fast."""
+def polling_every_30_seconds(tmp_path) -> Bridge:
+    """A bridge whose worker polls only every 30 s: only a wake-up finds a job sooner."""
     bridge = Bridge(tmp_path)
     slow_poll = bridge.worker_settings.model_copy(update={"poll_interval_seconds": 30})
     bridge.settings = bridge.settings.model_copy(update={"worker": slow_poll})
+    return bridge
+
+
+def assert_jobs_run_at_once(bridge: Bridge) -> None:
+    """A review's ticket within seconds, and its decision at the agent within 1.5 s of the
+    reviewer's act (webhook -> sync job -> read-back -> delivery job -> callback)."""
+    review = bridge.submit()
+    started = time.monotonic()
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    bridge.act("jira", key, "approve")
+    wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=5, interval=0.005, what="the callback")
+    elapsed = time.monotonic() - started
+    print(f"decision reached the agent {elapsed * 1000:.0f} ms after the reviewer acted")
+    assert elapsed < 1.5, f"decision took {elapsed:.3f}s to reach the agent"
+
+
+@pytest.mark.skipif(not TestDatabase.postgres_configured(), reason="LISTEN/NOTIFY needs HITL_TEST_DATABASE_URL (PostgreSQL)")
+def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
+    """API and worker in separate processes: only the NOTIFY sent with each job can make
+    the decision reach the agent this fast."""
+    bridge = polling_every_30_seconds(tmp_path)
     config = bridge.config_file()
     api = Proc(config, tmp_path / "api.log", worker=False)
     worker = Proc(config, tmp_path / "worker.log", kind="worker")
@@ -151,17 +172,7 @@ def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
         worker.start()
         bridge._wire(api.url)
         time.sleep(2)  # the worker has migrated, is listening and has found nothing to do
-        review = bridge.submit()
-        started = time.monotonic()
-        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
-        assert time.monotonic() - started < 5
-        started = time.monotonic()
-        bridge.act("jira", key, "approve")
-        wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=5, interval=0.005, what="the callback")
-        elapsed = time.monotonic() - started
-        # webhook -> sync job -> read-back -> delivery job -> callback, across two processes
-        print(f"decision reached the agent {elapsed * 1000:.0f} ms after the reviewer acted")
-        assert elapsed < 1.5, f"decision took {elapsed:.3f}s to reach the agent"
+        assert_jobs_run_at_once(bridge)
     finally:
         api.kill()
         worker.kill()
@@ -172,20 +183,10 @@ def test_notify_wakes_a_worker_in_another_process_within_milliseconds(tmp_path):
 def test_a_listening_worker_in_the_api_process_is_woken_by_the_database(tmp_path):
     """API and worker in one process on PostgreSQL: the worker hears of new jobs from the
     database's NOTIFY alone (the API does not wake it a second time, which cost an empty
-    claim a job), and still within milliseconds: it polls only every 30 s here."""
-    bridge = Bridge(tmp_path)
-    slow_poll = bridge.worker_settings.model_copy(update={"poll_interval_seconds": 30})
-    bridge.settings = bridge.settings.model_copy(update={"worker": slow_poll})
-    bridge.start()
+    claim a job), and still at once."""
+    bridge = polling_every_30_seconds(tmp_path).start()
     try:
         time.sleep(1)  # the worker is listening and has found nothing to do
-        review = bridge.submit()
-        started = time.monotonic()
-        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
-        assert time.monotonic() - started < 5
-        started = time.monotonic()
-        bridge.act("jira", key, "approve")
-        wait_for(lambda: bridge.callbacks_for(review["id"]), timeout=5, interval=0.005, what="the callback")
-        assert time.monotonic() - started < 1.5
+        assert_jobs_run_at_once(bridge)
     finally:
         bridge.stop()
