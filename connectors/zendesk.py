@@ -44,6 +44,7 @@ from .zendesk_webhooks import parse_time as _parse_time
 
 # Audit fields whose change can be a decision (custom fields appear as their numeric id).
 DECIDING_AUDIT_FIELDS = {"status", "tags"}
+_ACCOUNTS: dict[tuple[str, str], Person] = {}  # (Zendesk URL, email) -> the bridge's account there
 
 
 class ZendeskConfig(ConnectionConfig):
@@ -179,7 +180,6 @@ class ZendeskConnector:
         self.config = config
         self._zenpy: Zenpy | None = None
         self._session: requests.Session | None = None
-        self._me: Person | None = None
         self._users: dict[int, Person] = {}
         self._field_labels: dict[int, dict[str, str]] | None = None
 
@@ -219,11 +219,16 @@ class ZendeskConnector:
 
     # ----- the Connector protocol -------------------------------------------------
     def check(self) -> Person:
-        if self._me is None:
-            with self._calling("check"):
-                me = self.client.users.me()
-            self._me = Person(id=str(me.id), name=me.name, email=me.email)
-        return self._me
+        with self._calling("check"):
+            me = self.client.users.me()
+        account = _ACCOUNTS[(self.config.base_url, self.config.email)] = Person(id=str(me.id), name=me.name, email=me.email)
+        return account
+
+    def _bridge_account(self) -> Person:
+        """Who the bridge is here (its own comments and changes are told apart by it): asked
+        once per process, server and account, not once per worker thread (each thread has
+        its own connector, and each asked on its first job, against the API's rate limit)."""
+        return _ACCOUNTS.get((self.config.base_url, self.config.email)) or self.check()
 
     def create_ticket(self, fields: Mapping[str, Any], *, review_id: str) -> TicketRef:
         """Create a ticket; ``additional_tags`` fold into ``tags``; empty fields are left out."""
@@ -294,7 +299,7 @@ class ZendeskConnector:
         payload = self._comment_payload({"body": body, "public": public})
         with self._calling("add_comment"):
             audit = self.client.tickets.update(ZenpyTicket(id=ticket_id, comment=payload))
-            me = self.check()
+            me = self._bridge_account()
         event = next((_as_dict(e) for e in (_as_dict(audit.audit).get("events") or []) if _as_dict(e).get("type") == "Comment"), {})
         author_id = str(event.get("author_id") or self.config.author_id or me.id)
         author = me if author_id == me.id else Person(id=author_id)
@@ -427,7 +432,7 @@ class ZendeskConnector:
         return ZenpyComment(**data)
 
     def _bridge_ids(self) -> set[str]:
-        ids = {self.check().id}
+        ids = {self._bridge_account().id}
         if self.config.author_id is not None:
             ids.add(str(self.config.author_id))
         return ids

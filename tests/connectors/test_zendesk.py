@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -299,3 +300,38 @@ def test_user_groups_endpoint_answers_in_zendesks_shape(zd):
     assert answer["meta"]["has_more"] is False and answer["links"]["next"] is None
     missing = requests.get(f"{running.url}/api/v2/users/424242/groups.json", auth=auth, verify=ca, timeout=5)
     assert missing.status_code == 404 and missing.json()["error"] == "RecordNotFound"
+
+
+def test_who_the_bridge_is_is_asked_once_for_every_thread():
+    """Each worker thread has its own connector; who the bridge is in Zendesk (its own
+    comments and changes are told apart by it) is asked once per process and account."""
+    emulator = ZendeskEmulator(webhook_secret=SECRET)
+    asked = []
+    build = emulator.build_app
+
+    def counting_app():
+        app = build()
+
+        async def counted(scope, receive, send):
+            if scope["type"] == "http" and scope["path"] == "/api/v2/users/me.json":
+                asked.append(1)
+            await app(scope, receive, send)
+        return counted
+
+    emulator.build_app = counting_app
+    running = start_emulator(emulator)
+    connectors = [connector_for(config_for(running.connection("zendesk"))) for _ in range(4)]
+    try:
+        origin = _origin(emulator)
+        assert connectors[0].add_comment(origin, "Waiting for a reviewer", public=False).by_bridge
+        threads = [threading.Thread(target=c.get_ticket, args=(origin,)) for c in connectors[1:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(c.get_ticket(origin).comments[-1].by_bridge for c in connectors)
+        assert len(asked) == 1
+    finally:
+        for connector in connectors:
+            connector.close()
+        running.stop()
