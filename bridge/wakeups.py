@@ -2,11 +2,11 @@
 
 A new pending job's INSERT sends a NOTIFY from a trigger (migration 0005), and
 ``outbox.notify`` sends one for jobs made due again, in the transaction that writes them,
-so it is delivered when (and only if) that transaction commits. Each worker process LISTENs on a
-dedicated connection and sets the runtime's wake-up event, so a job written by any
-instance is picked up within milliseconds. Polling stays as the fallback: while the
-listening connection is down (database restart, network), the worker still finds every
-job within its poll interval, and a reconnect wakes it once to catch up.
+so it is delivered when (and only if) that transaction commits. Each worker process
+LISTENs on a dedicated connection and sets the runtime's wake-up event, so a job written
+by any instance is picked up within milliseconds. Polling stays as the fallback: while
+the listening connection is down (database restart, network), the worker still finds
+every job within its poll interval, and a reconnect wakes it once to catch up.
 """
 
 from __future__ import annotations

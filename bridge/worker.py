@@ -124,6 +124,8 @@ class Worker:
                     return
                 if not self._more_due:
                     self.rt.wakeup.wait(interval)
+                    if self._stop.is_set():  # stop() wakes the waiting: claim no more
+                        return
                 # Cleared before looking, not after: a wake-up that arrives while we look is
                 # kept, so the wait above returns at once instead of after the poll interval.
                 self.rt.wakeup.clear()

@@ -190,3 +190,28 @@ def test_a_listening_worker_in_the_api_process_is_woken_by_the_database(tmp_path
         assert_jobs_run_at_once(bridge)
     finally:
         bridge.stop()
+
+
+def test_a_stopping_worker_claims_nothing_more(tmp_path):
+    """stop() wakes the idle worker to end it, not to look for work: a job that became due
+    unannounced (no wake-up, no NOTIFY) is left for the next worker, untouched."""
+    from sqlalchemy import insert, update
+
+    bridge = polling_every_30_seconds(tmp_path).start()
+    db = Database(bridge.database_url)
+    try:
+        time.sleep(1)  # the worker has looked, found nothing and waits for a wake-up
+        add_review(db, "rev_quiet")
+        with db.transaction() as session:  # written cancelled and made due by an UPDATE: nobody is told
+            job_id = session.execute(insert(Job).values(review_id="rev_quiet", kind="ticket_comment", dedupe_key="quiet",
+                                                        state="cancelled", payload={"body": "x"}).returning(Job.id)).scalar()
+        with db.transaction() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(state="pending"))
+        bridge.server.stop()  # the app's shutdown stops its worker
+        bridge.server = None
+        with db.read() as session:
+            job = session.get(Job, job_id)
+            assert (job.state, job.attempts, job.locked_by) == ("pending", 0, None)
+    finally:
+        db.dispose()
+        bridge.stop()
