@@ -13,8 +13,8 @@ the bridge takes the two in the order 0, slow, slow, 0 (each turn with its own r
 tickets all made before the next), and each speed's intake is its two turns together. With
 one turn each (0 then slow, 60 reviews, ~0.2 s of intake a turn) the drift between turns was
 counted as the upstream's doing: on PostgreSQL 0.49-0.56 with slow second, 1.0-1.07 with
-slow first. Time to ticket, tickets/s and 429s are the first turn's. Time to ticket is from the agent's request
-being sent to the emulator storing the ticket.
+slow first. Time to ticket, tickets/s and 429s are the first turn's. Time to ticket is from
+the agent's request being sent to the emulator storing the ticket.
 """
 
 from __future__ import annotations

@@ -57,14 +57,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _admin(server_url: str, statement: str) -> None:
+def admin(server_url: str, statement: str, **parameters: Any) -> list:
+    """``statement`` on the server ``server_url`` reaches, outside any transaction and on a
+    connection of its own (CREATE DATABASE and the like; tests end sessions with it); its
+    rows, if it returns any."""
     from sqlalchemy import text
     from sqlalchemy.pool import NullPool
 
     engine = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            connection.execute(text(statement))
+            result = connection.execute(text(statement), parameters)
+            return result.all() if result.returns_rows else []
     finally:
         engine.dispose()
 
@@ -74,12 +78,12 @@ def create_database(server_url: str, name: str) -> str:
     on it will do) and return its URL. For throwaway databases: tests and benchmarks."""
     from sqlalchemy.engine import make_url
 
-    _admin(server_url, f'CREATE DATABASE "{name}"')
+    admin(server_url, f'CREATE DATABASE "{name}"')
     return make_url(normalize_url(server_url)).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(server_url: str, name: str) -> None:
-    _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def is_postgres(url: str) -> bool:

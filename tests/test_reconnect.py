@@ -5,10 +5,8 @@ connections: nothing fails, nothing is lost."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
-from bridge.db import normalize_url
+from bridge.db import admin
 from harness import Bridge, TestDatabase
 
 pytestmark = pytest.mark.skipif(not TestDatabase.postgres_configured(),
@@ -24,16 +22,6 @@ def end_every_session(database: TestDatabase) -> int:
 
 def set_connections(database: TestDatabase, *, allowed: bool) -> None:
     admin(database.server_url, f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
-
-
-def admin(server_url: str, statement: str, **parameters) -> list:
-    engine = create_engine(normalize_url(server_url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            result = connection.execute(text(statement), parameters)
-            return result.all() if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def test_sessions_ended_by_the_server_are_replaced_before_use(tmp_path):
