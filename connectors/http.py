@@ -13,22 +13,59 @@ this one makes them behave the way the bridge needs, in one place:
   headers (Retry-After);
 * with a connection's ``rate_limit_per_second``, calls are paced under the vendor's API
   limit (requests-ratelimiter's token bucket), so a backlog drains at that rate instead of
-  in a storm of 429s. ``pace`` does the same for clients with their own session (jira).
+  in a storm of 429s. ``pace`` does the same for clients with their own session (jira);
+* the environment (proxy variables, REQUESTS_CA_BUNDLE) is read once per process and host,
+  not on every call: requests scans all of ``os.environ`` twice a call for proxies, about a
+  sixth of a read-back's CPU (bench/). ``read_environment_once`` fits other sessions (jira).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import types
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 from pyrate_limiter import Limiter
 from requests_ratelimiter import LimiterAdapter
 
 
+def _merge_environment_once(self: requests.Session, url: str, proxies: dict | None, stream: Any, verify: Any, cert: Any) -> dict:
+    """``requests.Session.merge_environment_settings`` with what it reads from the
+    environment remembered per host (same precedence: a call's own proxies and verify win)."""
+    proxies = {} if proxies is None else proxies
+    if self.trust_env:
+        environment_proxies, ca_bundle = _environment(urlsplit(url)[:2], proxies.get("no_proxy"))
+        for scheme, proxy in environment_proxies.items():
+            proxies.setdefault(scheme, proxy)
+        if verify is True or verify is None:
+            verify = ca_bundle or verify
+    return {"proxies": merge_setting(proxies, self.proxies), "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
+@lru_cache(maxsize=256)
+def _environment(origin: tuple[str, str], no_proxy: str | None) -> tuple[dict[str, str], str | None]:
+    """The proxies for ``origin`` (scheme, host) and the CA bundle the environment names."""
+    return (get_environ_proxies(f"{origin[0]}://{origin[1]}/", no_proxy=no_proxy),
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"))
+
+
+def read_environment_once(session: requests.Session) -> None:
+    """Make a client library's own session read the environment once per host, as
+    PinnedSession does."""
+    session.merge_environment_settings = types.MethodType(_merge_environment_once, session)  # type: ignore[method-assign]
+
+
 class PinnedSession(requests.Session):
     timeout: float = 30.0
+    merge_environment_settings = _merge_environment_once  # type: ignore[assignment]
 
     def pin(self, *, timeout: float, ca_bundle: str | None, per_second: float | None = None,
             name: str = "") -> "PinnedSession":

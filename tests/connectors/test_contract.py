@@ -16,7 +16,7 @@ from connectors.errors import (
     RetryableError,
     WebhookVerificationError,
 )
-from helpers import wait_for
+from helpers import ForwardProxy, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORS = sorted(EMULATORS)
@@ -53,6 +53,23 @@ def system(request, recorder):
 def test_check_returns_the_bridge_account(system):
     me = system.connector.check()
     assert me.id
+
+
+def test_calls_go_through_the_proxy_the_environment_names(system, monkeypatch):
+    """As with requests: HTTP(S)_PROXY and NO_PROXY are honoured (read once per host)."""
+    proxy = ForwardProxy().start()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        connector = system.connector_with()
+        ref = connector.create_ticket(system.emulator.contract_fields(), review_id="rev_proxied")
+        assert connector.get_ticket(ref.key).ref.key == ref.key
+        connector.close()
+        assert set(proxy.hosts) == {system.running.url.split("://", 1)[1]}
+    finally:
+        proxy.stop()
 
 
 def test_create_then_get_and_find(system):
