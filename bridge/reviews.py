@@ -9,7 +9,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Row, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -403,7 +403,7 @@ def list_reviews(rt: Runtime, *, status: Status | None, route: str | None, limit
     return ReviewPage(items=items, next_cursor=_encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 
-def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Review, bool]:
+def decision_if_ready(rt: Runtime, review_id: str) -> tuple[Row, bool]:
     """For the long-poll: the review, and whether it has a decision to hand over now.
 
     Polls read without taking the write lock; only the hand-over itself is written."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import httpx2
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -231,7 +232,9 @@ class Worker:
             review.error = {"code": "ticket_not_created", "message": error}
 
     # ----- helpers ---------------------------------------------------------------------
-    def _load(self, review_id: str) -> Review:
+    def _load(self, review_id: str) -> Review | Row:
+        """The review as a job reads it before its network work: its columns as attributes,
+        never written (a job's result is recorded on the locked row in ``_finish``)."""
         handed = getattr(self._chained, "review", None)
         if handed is not None and handed.id == review_id:
             self._chained.review = None
