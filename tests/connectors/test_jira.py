@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 from jira import JIRA
@@ -16,6 +17,7 @@ from connectors import config_for, connector_for
 from connectors.emulators import Act, start_emulator
 from connectors.emulators.jira import JiraEmulator
 from connectors.errors import PermanentError, RemoteNotFoundError, WebhookVerificationError
+from connectors.jira import _parse_time
 from connectors.signing import hmac_sha256_hex
 from helpers import wait_for
 
@@ -225,3 +227,14 @@ def test_the_servers_version_and_the_bridges_account_are_asked_once_for_every_th
         for connector in connectors:
             connector.close()
         running.stop()
+
+
+@pytest.mark.parametrize("written, expected", [
+    ("2019-02-15T19:11:18.321-0800", datetime(2019, 2, 16, 3, 11, 18, 321000, tzinfo=timezone.utc)),
+    ("2019-02-15T19:11:18+0000", datetime(2019, 2, 15, 19, 11, 18, tzinfo=timezone.utc)),
+    ("2019-02-15T19:11:18.321", None),  # no offset: not a time Jira writes
+    ("yesterday", None),
+    (None, None),
+])
+def test_times_as_jira_writes_them(written, expected):
+    assert _parse_time(written) == expected
