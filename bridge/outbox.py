@@ -83,13 +83,16 @@ def _due(table, now):
 def _claim_statement(dialect: str):
     now = bindparam("now")
     due = select(JOBS.c.id).where(_due(JOBS, now)).order_by(JOBS.c.run_at, JOBS.c.id).limit(1)
+    returning = list(JOBS.c)
     if dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
+        other = JOBS.alias("other")
+        returning.append(exists().where(_due(other, now), other.c.id != JOBS.c.id).label("more_due"))
     return (
         update(JOBS)
         .where(JOBS.c.id == due.scalar_subquery())
         .values(state="running", locked_by=bindparam("worker"), locked_until=bindparam("lease_end"), attempts=JOBS.c.attempts + 1)
-        .returning(*JOBS.c)
+        .returning(*returning)
     )
 
 
@@ -99,18 +102,24 @@ _MORE_DUE = select(exists().where(_due(JOBS, bindparam("now"))))
 
 def claim(db: Database, worker_id: str, *, lease_seconds: float) -> tuple[Job | None, bool]:
     """Take the oldest due job (or one whose lease expired) for ``lease_seconds``, and say
-    whether another is due as well: ``UPDATE ... WHERE id = (oldest due) RETURNING``
-    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), built once (an ORM select-then-flush was two
-    statements and most of a claim's CPU, bench/), then ``SELECT EXISTS (due)`` in the same
-    transaction. The worker looks again at once only when another is due: it used to after
-    every job, and that look mostly found nothing, an empty write transaction a job."""
+    whether another is due as well: ``UPDATE ... WHERE id = (oldest due) RETURNING``, built
+    once (an ORM select-then-flush was two statements and most of a claim's CPU, bench/).
+    On PostgreSQL (``FOR UPDATE SKIP LOCKED``) the same statement returns ``EXISTS (another
+    due)`` and commits by itself: one round trip, where BEGIN, a second SELECT and COMMIT
+    made four. SQLite writes a RETURNING clause's columns without their table, so it asks
+    in a second statement, in the same transaction. The worker looks again at once only
+    when another is due: it used to after every job, and that look mostly found nothing."""
     now = utcnow()
-    with db.transaction() as session:
-        sql = session.connection()
+    with db.short_write() as sql:
         row = sql.execute(_CLAIM[db.engine.dialect.name],
                           {"now": now, "worker": worker_id, "lease_end": now + timedelta(seconds=lease_seconds)}).first()
-        more = row is not None and bool(sql.execute(_MORE_DUE, {"now": now}).scalar())
-    return (Job(**row._mapping) if row is not None else None), more
+        if row is None:
+            return None, False
+        values = dict(row._mapping)
+        more = values.pop("more_due", None)
+        if more is None:
+            more = sql.execute(_MORE_DUE, {"now": now}).scalar()
+    return Job(**values), bool(more)
 
 
 def renew(db: Database, worker_id: str, *, lease_seconds: float) -> int:
@@ -145,6 +154,13 @@ def finish(session: Session, job_id: int, *, state: str = "done", error: str | N
     """End a job: ``done``, or another final state with the reason (``undeliverable``)."""
     session.connection().execute(_FINISH, {"job_id": job_id, "new_state": state, "at": utcnow(),
                                            "error": error[:2000] if error else None})
+
+
+def finish_alone(db: Database, job_id: int) -> None:
+    """End a job that records nothing else as done (one statement: on PostgreSQL without
+    BEGIN and COMMIT, two round trips of three)."""
+    with db.short_write() as sql:
+        sql.execute(_FINISH, {"job_id": job_id, "new_state": "done", "at": utcnow(), "error": None})
 
 
 _FINISH = (update(JOBS).where(JOBS.c.id == bindparam("job_id"))

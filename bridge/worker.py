@@ -245,13 +245,13 @@ class Worker:
         """Record a job's result and end it in one transaction. A delivery it queues (a
         decision made from a read-back) is claimed in that transaction and run next by this
         thread: the agent hears at once, not after the queue (outbox.Chain)."""
+        if apply is None:
+            return outbox.finish_alone(self.rt.db, job.id)
         chain = outbox.Chain(self.id, self.rt.settings.worker.lease_seconds, CHAINED)
-        review = None
         with self.rt.db.transaction() as session:
             session.info[outbox.CHAIN] = chain
-            if apply is not None:
-                review = session.get(Review, job.review_id, with_for_update=True)
-                apply(session, review)
+            review = session.get(Review, job.review_id, with_for_update=True)
+            apply(session, review)
             outbox.finish(session, job.id)
         self._chained.__dict__.setdefault("jobs", []).extend(chain.jobs)
         self._chained.review = review if chain.jobs else None  # the chained job need not read it again
