@@ -3,9 +3,9 @@
 The client libraries (pysnow, zenpy, simple-salesforce) each take a ``requests.Session``;
 this one makes them behave the way the bridge needs, in one place:
 
-* the connection's timeout and CA bundle on every call. ``verify`` is passed per request
-  because requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's own
-  ``verify`` (so an enterprise's private CA bundle would silently be ignored);
+* the connection's timeout and CA bundle on every call. requests lets REQUESTS_CA_BUNDLE /
+  CURL_CA_BUNDLE override a session's own ``verify``, so an enterprise's private CA bundle
+  would silently be ignored: here the session's bundle wins;
 * no transport retries: the bridge's worker alone decides when to retry;
 * ``close()`` closes pooled sockets (urllib3 2.8's ``PoolManager.clear()`` only forgets
   them, leaving keep-alive TLS sockets to the garbage collector);
@@ -38,13 +38,15 @@ from requests_ratelimiter import LimiterAdapter
 
 def _merge_environment_once(self: requests.Session, url: str, proxies: dict | None, stream: Any, verify: Any, cert: Any) -> dict:
     """``requests.Session.merge_environment_settings`` with what it reads from the
-    environment remembered per host (same precedence: a call's own proxies and verify win)."""
+    environment remembered per host. A call's own proxies and verify win, as in requests,
+    and so does the session's own CA bundle (a connection's ``ca_bundle``), which requests
+    lets REQUESTS_CA_BUNDLE override."""
     proxies = {} if proxies is None else proxies
     if self.trust_env:
         environment_proxies, ca_bundle = _environment(urlsplit(url)[:2], proxies.get("no_proxy"))
         for scheme, proxy in environment_proxies.items():
             proxies.setdefault(scheme, proxy)
-        if verify is True or verify is None:
+        if (verify is True or verify is None) and self.verify is True:
             verify = ca_bundle or verify
     return {"proxies": merge_setting(proxies, self.proxies), "stream": merge_setting(stream, self.stream),
             "verify": merge_setting(verify, self.verify), "cert": merge_setting(cert, self.cert)}
@@ -84,8 +86,6 @@ class PinnedSession(requests.Session):
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
         kwargs["timeout"] = kwargs.get("timeout") or self.timeout
-        if kwargs.get("verify") is None:
-            kwargs["verify"] = self.verify
         local = self._thread_local()
         local.last = None
         response = super().request(method, url, *args, **kwargs)

@@ -72,6 +72,20 @@ def test_calls_go_through_the_proxy_the_environment_names(system, monkeypatch):
         proxy.stop()
 
 
+def test_the_connections_ca_bundle_wins_over_requests_ca_bundle(system, monkeypatch):
+    """requests lets REQUESTS_CA_BUNDLE replace a session's own bundle; a system behind a
+    private CA (the TLS emulators) is still verified with the connection's ``ca_bundle``."""
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # public roots only: not the emulators' CA
+    connector = system.connector_with()
+    try:
+        ref = connector.create_ticket(system.emulator.contract_fields(), review_id="rev_private_ca")
+        assert connector.get_ticket(ref.key).ref.key == ref.key
+    finally:
+        connector.close()
+
+
 def test_create_then_get_and_find(system):
     ref = system.create("rev_abc")
     assert ref.key and ref.url and ref.display

@@ -238,3 +238,22 @@ def test_the_servers_version_and_the_bridges_account_are_asked_once_for_every_th
 ])
 def test_times_as_jira_writes_them(written, expected):
     assert _parse_time(written) == expected
+
+
+def test_the_connections_ca_bundle_wins_over_requests_ca_bundle(recorder, monkeypatch):
+    """requests lets REQUESTS_CA_BUNDLE replace a session's own bundle: a Jira behind a
+    private CA must still be verified with the connection's ``ca_bundle``."""
+    import certifi
+
+    class PrivateJira(JiraEmulator):
+        tls = True
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # public roots only: not the private CA
+    running = start_emulator(PrivateJira(webhook_url=recorder.url + "/hook", webhook_secret=SECRET))
+    connector = connector_for(config_for(running.connection("jira")))
+    try:
+        assert running.url.startswith("https://")
+        assert connector.check().id
+    finally:
+        connector.close()
+        running.stop()
