@@ -15,7 +15,7 @@ from sqlalchemy import event as orm_events
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import utcnow
+from .db import IN_TURN, utcnow
 from .models import AuditContent, AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -53,6 +53,7 @@ def record(session: Session, kind: str, *, actor: str, review_id: str | None = N
     end (on PostgreSQL every auditing transaction queued behind it: bench/README.md)."""
     data = json.loads(json.dumps(data, default=str))
     session.info.setdefault(_PENDING, []).append((kind, actor, review_id, utcnow(), data))
+    session.info[IN_TURN] = True
 
 
 @orm_events.listens_for(Session, "before_commit")

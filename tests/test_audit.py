@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 from typer.testing import CliRunner
 
 from bridge import audit
@@ -116,3 +118,33 @@ def test_instances_appending_in_turn_keep_one_chain(db):
     result = verify(db)
     assert result.ok, result.problem
     assert result.checked == 5 + 16 + 1
+
+
+def test_threads_of_one_instance_append_in_turn(db):
+    """Eight threads of one instance auditing at once keep one chain, and none finds the head
+    moved by a sibling (on PostgreSQL each such append read the head again under lock and
+    appended a second time: nearly all of them, at twice the CPU)."""
+    head_reads = []
+
+    def count(conn, cursor, statement, *rest):
+        if statement.startswith("SELECT audit_head.hash"):
+            head_reads.append(statement)
+
+    def append(thread: int) -> None:
+        for n in range(25):
+            with db.transaction() as session:
+                audit.record(session, "review.submitted", actor="api_key:agent", review_id=f"rev_{thread}_{n}")
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        threads = [threading.Thread(target=append, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    result = verify(db)
+    assert result.ok, result.problem
+    assert result.checked == 5 + 8 * 25
+    assert head_reads == []
