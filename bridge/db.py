@@ -374,7 +374,7 @@ class Database:
         """The row of ``model`` with primary key ``key``, or None: a read-only row with the
         model's columns as attributes. One statement, queued behind no writer (the worker's
         look at a review before each job). A Core row, not an ORM object: the ORM's load was
-        half of this call's CPU (in-process: 268 -> 111 us on SQLite, 480 -> 231 on PostgreSQL)."""
+        half of this call's CPU (in-process: 268 -> 103 us on SQLite, 480 -> 250 on PostgreSQL)."""
         statement = _FETCH.get(model)
         if statement is None:
             table = model.__table__
