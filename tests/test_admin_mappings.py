@@ -72,6 +72,9 @@ def test_saves_are_versions_with_author_diff_and_text_and_restore_works(bridge):
         v2 = client.get("/v1/mappings/jira_review/versions/2").json()
         assert v2["text"] == changed and "+    labels: [ai-review, refunds]" in v2["diff"]
         assert client.get("/v1/mappings/jira_review/versions/1").json()["text"] == original
+        for number in ("0", "-6735966827691700393", "2147483648"):  # none, and past PostgreSQL's integer
+            refused = client.get(f"/v1/mappings/jira_review/versions/{number}")
+            assert refused.status_code == 422 and "number" in refused.text, refused.text
 
         restored = client.post("/v1/mappings/jira_review/versions/1/restore", headers={"If-Match": saved["etag"]})
         assert restored.status_code == 200, restored.text

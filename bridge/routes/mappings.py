@@ -108,8 +108,9 @@ def list_versions(name: str, rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
     return {"name": name, "items": versions.history(rt, name)}
 
 
-# The column is a 32-bit integer on PostgreSQL: a larger number is a 422, not a database error.
-VersionNumber = Annotated[int, Path(le=2_147_483_647)]
+# Versions count from 1, and the column is a 32-bit integer on PostgreSQL: any other number
+# is a 422 saying so, not a database error (a fuzzed -6735966827691700393 was a 500).
+VersionNumber = Annotated[int, Path(ge=1, le=2_147_483_647, description="A version's number, from 1.")]
 
 
 @router.get("/{name}/versions/{number}")
