@@ -275,7 +275,11 @@ class Worker:
                 connector.add_comment(ticket.ref.key, rendered.comment, public=False)
             ref, adopted = ticket.ref, False
         else:
-            ref = connector.find_ticket(review.id)
+            # Only an attempt that may have made the ticket already (a retry, a job taken over
+            # after a crash or released) looks for it by the review's label: a first attempt
+            # cannot have, and the search was half of a ticket's calls against the vendor's
+            # rate limit (bench/).
+            ref = connector.find_ticket(review.id) if _maybe_done(job) else None
             adopted = ref is not None
             if ref is None:
                 ref = connector.create_ticket(rendered.fields, review_id=review.id)
@@ -497,8 +501,8 @@ class Worker:
 
 def _maybe_done(job: Job) -> bool:
     """Whether an earlier attempt of this job may have done its work already: only then is
-    the ticket read to look. Claiming counts each attempt, and a failed or released one
-    leaves its ``last_error``, so a job's first run never needs to."""
+    the ticket looked for, or read to look. Claiming counts each attempt, and a failed or
+    released one leaves its ``last_error``, so a job's first run never needs to."""
     return job.attempts > 1 or job.last_error is not None
 
 

@@ -95,6 +95,28 @@ def test_a_broken_connection_opens_its_circuit_and_does_not_hold_up_the_others(t
         assert len([t for t in jira.list_tickets() if f"hitl-{review['id']}" in (t["fields"].get("labels") or [])]) == 1
 
 
+def test_a_first_attempt_creates_the_ticket_without_searching_and_a_retry_finds_it(tmp_path):
+    """Jira's search down (it also lags behind new issues on Jira Cloud) does not hold up new
+    tickets: only an attempt that may have made the ticket already looks for it. Then the
+    first attempt stores the issue but never hears back; the retry finds it: one ticket."""
+    bridge = fault_bridge(tmp_path, ("jira",), timeout_seconds=1.0)
+    try:
+        jira = bridge.emulators["jira"].emulator
+        jira.settings.faults = [Fault(status=500, times=1000, path_prefix="/rest/api/2/search")]
+        first = bridge.submit(metadata={"queue": "jira"})
+        assert bridge.wait_ticket(first["id"])["status"] == "open"
+        assert jira.settings.faults[0].times == 1000  # never searched
+
+        jira.settings.faults = [Fault(late_ms=3000, method="POST", path_prefix="/rest/api/2/issue", times=1)]
+        lost = bridge.submit(metadata={"queue": "jira"})
+        opened = bridge.wait_ticket(lost["id"])
+        tickets = [t for t in jira.list_tickets() if f"hitl-{lost['id']}" in (t["fields"].get("labels") or [])]
+        assert [t["key"] for t in tickets] == [opened["ticket"]["key"]]
+        assert "ticket.created" in bridge.audit_kinds(lost["id"])
+    finally:
+        bridge.stop()
+
+
 def test_dead_jobs_are_listed_retried_and_discarded_from_the_command_line(tmp_path):
     bridge = Bridge(tmp_path).start()
     try:
