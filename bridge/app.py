@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -138,6 +138,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         response = error(503, "database_unavailable", "the bridge cannot reach its database; retry shortly")
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError):
+        # A value the database refuses (PostgreSQL: text with a NUL character, a number past
+        # its column) in a parameter no validation rule caught: nothing was written. The
+        # driver's own text may quote the value; its kind does not.
+        reason = "text may not contain NUL (0x00) characters" if "NUL" in str(exc.orig) else type(exc.orig).__name__
+        log.warning("database.refused_value", extra={"error": type(exc.orig).__name__, "path": request.url.path})
+        return error(422, "invalid_request", f"the request holds a value the database cannot store: {reason}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 DecisionType = Literal["approve", "edit", "reject", "respond"]
 DECISION_TYPES: tuple[str, ...] = ("approve", "edit", "reject", "respond")
@@ -118,6 +118,13 @@ class ReviewRequest(Strict):
     def from_langsmith_run(self) -> bool:
         """Only ``langsmith.run_id`` (plus routing hints): the worker reads the run to fill the rest."""
         return not self.action_requests and self.langsmith is not None and bool(self.langsmith.run_id)
+
+    @field_validator("title")
+    @classmethod
+    def _one_line_of_text(cls, title: str) -> str:
+        if "\x00" in title:  # PostgreSQL cannot store it, and no ticket system shows it
+            raise ValueError("may not contain NUL (0x00) characters")
+        return title
 
     @model_validator(mode="after")
     def _content_or_run(self) -> "ReviewRequest":

@@ -40,6 +40,7 @@ def error_of(response: httpx2.Response) -> dict:
         (json.dumps({"title": "x", "action_requests": [{"name": "t"}], "confidence": 1.5}).encode(), 422, "invalid_request", "confidence"),
         (json.dumps({"title": "x", "action_requests": [{"name": "t"}], "allowed_decisions": ["maybe"]}).encode(), 422, "invalid_request", "allowed_decisions"),
         (json.dumps({"title": "x", "action_requests": [{"name": "t"}], "surprise": 1}).encode(), 422, "invalid_request", "surprise"),
+        (json.dumps({"title": "a\u0000b", "action_requests": [{"name": "t"}]}).encode(), 422, "invalid_request", "NUL"),
         (json.dumps({"title": "x", "action_requests": [{"name": "t"}], "resume": {}}).encode(), 422, "invalid_request", "resume"),
         (json.dumps({"title": "x", "action_requests": [{"name": "t"}], "origin": {"connection": "nowhere", "ticket_id": "1"}}).encode(),
          400, "unknown_connection", "nowhere"),
@@ -85,6 +86,14 @@ def test_unknown_review_and_bad_ids(bridge):
         assert client.get("/v1/reviews", params={"cursor": "garbage"}).status_code == 400
         assert client.get("/v1/reviews", params={"limit": 0}).status_code == 422
         assert client.get(f"/v1/reviews/rev_{'0' * 28}/decision", params={"wait": 61}).status_code == 422
+        # A NUL character where nothing validates it: PostgreSQL cannot store or compare it, a 422
+        # saying so (was a 500); SQLite simply finds nothing.
+        listed = client.get("/v1/reviews", params={"route": "a\x00b"})
+        assert listed.status_code in (200, 422), listed.text
+        if listed.status_code == 422:
+            assert "NUL" in error_of(listed)["message"]
+        else:
+            assert listed.json()["items"] == []
 
 
 def signed_jira(body: dict, secret: str) -> tuple[bytes, dict]:
