@@ -383,9 +383,6 @@ class Database:
         with self._fetching.connect() as connection:
             return connection.execute(statement, {"key": key}).first()
 
-    def session(self) -> Session:
-        return self._sessions()
-
     def dispose(self) -> None:
         self.engine.dispose()
 
