@@ -8,7 +8,7 @@ Salesforce CaseComments) stay inside the connector.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -62,6 +62,23 @@ class Person:
     id: str
     name: str | None = None
     email: str | None = None
+
+
+_ACCOUNTS: dict[tuple[str, str], Person] = {}
+
+
+def remember_account(server: str, login: str, account: Person) -> Person:
+    """Keep who the bridge is on ``server`` when logged in as ``login`` (``check``'s answer)."""
+    _ACCOUNTS[(server, login)] = account
+    return account
+
+
+def bridge_account(server: str, login: str, check: Callable[[], Person]) -> Person:
+    """Who the bridge is on ``server`` as ``login`` (its own comments and changes are told
+    apart by it): asked once per process, not once per worker thread. Each thread has its
+    own connector, and each asked on its first job, against the API's rate limit (a cold
+    bench phase: 38 calls to Jira's /myself)."""
+    return _ACCOUNTS.get((server, login)) or check()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from jira import JIRA, JIRAError
 from pydantic import Field, SecretStr
 
 from .http import pace, read_environment_once
-from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
+from .base import (Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef,
+                   bridge_account, remember_account)
 from .errors import (
     AuthError,
     ConnectorError,
@@ -130,7 +131,6 @@ def _is_status_item(item: Mapping[str, Any]) -> bool:
 
 _PROJECT_TYPES: dict[tuple[str, str], str] = {}  # (server, issue) -> projectTypeKey
 _SERVER_INFO: dict[str, dict[str, Any]] = {}  # server -> its serverInfo
-_ACCOUNTS: dict[tuple[str, str], Person] = {}  # (server, email) -> the bridge's account there
 
 
 class JiraConnector:
@@ -177,10 +177,7 @@ class JiraConnector:
         return TicketRef(key=str(issue_id), display=key, url=f"{self.config.base_url}/browse/{key}")
 
     def _bridge_account(self) -> Person:
-        """Who the bridge is on this server (its own comments are told apart by it): asked
-        once per process, server and account, like the version, not once per worker thread
-        (a round trip of a cold thread's first read-back, 38 calls in a bench phase)."""
-        return _ACCOUNTS.get((self.config.base_url, self.config.email)) or self.check()
+        return bridge_account(self.config.base_url, self.config.email, self.check)
 
     # ----- the protocol ----------------------------------------------------------
     def check(self) -> Person:
@@ -188,8 +185,7 @@ class JiraConnector:
         me = person(raw)
         if me is None:
             raise PermanentError("Jira did not say who the bridge account is", operation="check")
-        _ACCOUNTS[(self.config.base_url, self.config.email)] = me
-        return me
+        return remember_account(self.config.base_url, self.config.email, me)
 
     def create_ticket(self, fields: Mapping[str, Any], *, review_id: str) -> TicketRef:
         payload = dict(fields)

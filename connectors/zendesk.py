@@ -30,7 +30,8 @@ from zenpy.lib.api_objects import Ticket as ZenpyTicket
 from zenpy.lib.exception import APIException, ZenpyException
 
 from .http import PinnedSession
-from .base import Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
+from .base import (Comment, ConnectionConfig, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef,
+                   bridge_account, remember_account)
 from .errors import (
     AuthError,
     ConnectorError,
@@ -44,7 +45,6 @@ from .zendesk_webhooks import parse_time as _parse_time
 
 # Audit fields whose change can be a decision (custom fields appear as their numeric id).
 DECIDING_AUDIT_FIELDS = {"status", "tags"}
-_ACCOUNTS: dict[tuple[str, str], Person] = {}  # (Zendesk URL, email) -> the bridge's account there
 
 
 class ZendeskConfig(ConnectionConfig):
@@ -221,14 +221,10 @@ class ZendeskConnector:
     def check(self) -> Person:
         with self._calling("check"):
             me = self.client.users.me()
-        account = _ACCOUNTS[(self.config.base_url, self.config.email)] = Person(id=str(me.id), name=me.name, email=me.email)
-        return account
+        return remember_account(self.config.base_url, self.config.email, Person(id=str(me.id), name=me.name, email=me.email))
 
     def _bridge_account(self) -> Person:
-        """Who the bridge is here (its own comments and changes are told apart by it): asked
-        once per process, server and account, not once per worker thread (each thread has
-        its own connector, and each asked on its first job, against the API's rate limit)."""
-        return _ACCOUNTS.get((self.config.base_url, self.config.email)) or self.check()
+        return bridge_account(self.config.base_url, self.config.email, self.check)
 
     def create_ticket(self, fields: Mapping[str, Any], *, review_id: str) -> TicketRef:
         """Create a ticket; ``additional_tags`` fold into ``tags``; empty fields are left out."""
