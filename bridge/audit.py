@@ -8,9 +8,10 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import TextClause, bindparam, insert, select, text, update
 from sqlalchemy import event as orm_events
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -51,8 +52,17 @@ def record(session: Session, kind: str, *, actor: str, review_id: str | None = N
     transaction commits (``_append_pending``): the chain's head row, which serialises every
     append, is then locked for the commit alone, not from a transaction's first event to its
     end (on PostgreSQL every auditing transaction queued behind it: bench/README.md)."""
-    data = json.loads(json.dumps(data, default=str))
-    session.info.setdefault(_PENDING, []).append((kind, actor, review_id, utcnow(), data))
+    add_pending(session, [pending(kind, actor, review_id, data)])
+
+
+def pending(kind: str, actor: str, review_id: str | None, data: dict[str, Any]) -> tuple:
+    """An event as it waits to join the chain (``record``; ``batch.Batch.record``)."""
+    return kind, actor, review_id, utcnow(), json.loads(json.dumps(data, default=str))
+
+
+def add_pending(session: Session, events: list[tuple]) -> None:
+    """Events made by ``pending``, added to the caller's transaction as ``record`` adds one."""
+    session.info.setdefault(_PENDING, []).extend(events)
     session.info[IN_TURN] = True
 
 
@@ -68,7 +78,7 @@ def _append_pending(session: Session) -> None:
     if not pending:
         return
     connection = session.connection()
-    key = id(connection.engine)
+    key = id(connection.engine.pool)
     append = _APPEND[connection.dialect.name]
     hint = _HEADS.get(key)
     new_hash = append(connection, pending, hint) if hint is not None else None
@@ -80,7 +90,7 @@ def _append_pending(session: Session) -> None:
 
 
 _HEADS: dict[int, str] = {}
-"""Per engine: the head this process moved last. Only a hint: an append moves the head only
+"""Per engine (its pool, shared by its execution options): the head this process moved last. Only a hint: an append moves the head only
 if it is still that hash, and a head that has a hash is the chain's tip."""
 
 
@@ -105,15 +115,26 @@ def _append_statements(connection, pending: list, prev_hash: str) -> str | None:
 # recordsets, which SQLAlchemy Core would build and compile anew for each number of
 # events. The events get their ids in chain order (ORDER BY n) while the head row is
 # locked, as the three statements did; the content rows find their event by its hash.
-_APPEND_ONE_STATEMENT = text("""
+# ``with_rows``: more CTEs in the same statement (``append_with``), each of which writes
+# only ``WHERE {IF_APPENDED}``; ``only_if``: conditions on which the head moves at all.
+IF_APPENDED = "EXISTS (SELECT FROM head)"
+
+
+@lru_cache(maxsize=64)
+def _append_sql(with_rows: tuple[str, ...] = (), only_if: tuple[str, ...] = ()) -> TextClause:
+    rows = "".join(f"), rows_{n} AS (\n    {body}\n" for n, body in enumerate(with_rows))
+    conditions = "".join(f"\n      AND {condition}" for condition in only_if)
+    return text(f"""
 WITH head AS (
-    UPDATE audit_head SET hash = :new_hash, count = count + :added WHERE id = 1 AND hash = :old_hash RETURNING id
-), event AS (
+    UPDATE audit_head SET hash = :new_hash, count = count + :added
+    WHERE id = 1 AND hash = :old_hash{conditions}
+    RETURNING id
+{rows}), event AS (
     INSERT INTO audit_events (review_id, at, actor, kind, data, prev_hash, hash)
     SELECT e.review_id, e.at, e.actor, e.kind, e.data, e.prev_hash, e.hash
     FROM json_to_recordset(CAST(:events AS json))
          AS e(n int, review_id varchar, at timestamptz, actor varchar, kind varchar, data json, prev_hash varchar, hash varchar)
-    WHERE EXISTS (SELECT FROM head)
+    WHERE {IF_APPENDED}
     ORDER BY e.n
     RETURNING id, hash
 ), content AS (
@@ -126,15 +147,36 @@ SELECT count(*) FROM head
 """)
 
 
-def _append_one_statement(connection, pending: list, prev_hash: str) -> str | None:
+def _append_one_statement(connection, pending: list, prev_hash: str, with_rows: tuple[str, ...] = (),
+                          only_if: tuple[str, ...] = (), parameters: dict[str, Any] | None = None) -> str | None:
     events, contents, new_hash = _chain(pending, prev_hash)
     rows = [{**event, "n": n, "at": event["at"].isoformat()} for n, event in enumerate(events)]
     content_rows = [{**content, "hash": event["hash"]} for event, content in zip(events, contents) if content]
-    moved = connection.execute(_APPEND_ONE_STATEMENT, {
-        "old_hash": prev_hash, "new_hash": new_hash, "added": len(pending),
+    moved = connection.execute(_append_sql(with_rows, only_if), {
+        **(parameters or {}), "old_hash": prev_hash, "new_hash": new_hash, "added": len(pending),
         "events": json.dumps(rows, separators=(",", ":")), "contents": json.dumps(content_rows, separators=(",", ":")),
     }).scalar()
     return new_hash if moved else None
+
+
+def append_with(connection, pending: list, with_rows: tuple[str, ...], only_if: tuple[str, ...],
+                parameters: dict[str, Any]) -> bool:
+    """PostgreSQL, in one statement on an AUTOCOMMIT ``connection``: append ``pending`` (made
+    by ``pending``) to the chain and run the CTEs ``with_rows`` (their ``parameters``), if
+    the head is still where this process moved it last and every condition ``only_if``
+    holds. False, and nothing written, if not (or if this process has not appended yet):
+    then write them in a transaction (``add_pending``), which reads and locks the head.
+
+    The caller holds its process's turn (``Database.short_write(turn=True)``), and the
+    statement holds the chain's head: nothing in it may wait for another transaction of
+    this process, which may be waiting for that turn (``batch.Batch.claim``)."""
+    key = id(connection.engine.pool)
+    hint = _HEADS.get(key)
+    new_hash = _append_one_statement(connection, pending, hint, with_rows, only_if, parameters) if hint is not None else None
+    if new_hash is None:
+        return False
+    _HEADS[key] = new_hash
+    return True
 
 
 _APPEND = {"sqlite": _append_statements, "postgresql": _append_one_statement}

@@ -189,10 +189,10 @@ T = TypeVar("T")
 class _Work:
     """One caller's part of a group commit, and how it came out."""
 
-    __slots__ = ("work", "done", "value", "error")
+    __slots__ = ("work", "run", "done", "value", "error")
 
-    def __init__(self, work: Callable[[Session], Any]):
-        self.work, self.done, self.value, self.error = work, False, None, None
+    def __init__(self, work: Any, run: Callable[["Database", list], list] | None):
+        self.work, self.run, self.done, self.value, self.error = work, run, False, None, None
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -251,13 +251,15 @@ class Database:
                 raise
 
     @contextmanager
-    def short_write(self) -> Iterator[Connection]:
+    def short_write(self, *, turn: bool = False) -> Iterator[Connection]:
         """A connection for writes that need no transaction together: on PostgreSQL each
         statement commits by itself (AUTOCOMMIT: a claim or a job's end is one round trip,
         was three with BEGIN and COMMIT, bench/); on SQLite the block is one write
-        transaction, as any other (its write lock, BEGIN IMMEDIATE)."""
+        transaction, as any other (its write lock, BEGIN IMMEDIATE). ``turn``: the block
+        appends to the audit chain, so on PostgreSQL it runs in the process's turn with the
+        audited transactions (see ``transaction``)."""
         if self._writer is None:
-            with self._autocommit.connect() as connection:
+            with self._autocommit.connect() as connection, (self._turn if turn else nullcontext()):
                 yield connection
             return
         with self._writer, self.engine.begin() as connection:
@@ -288,15 +290,19 @@ class Database:
         """Every write transaction waits for the one write lock (SQLite)."""
         return self._writer is not None
 
-    def grouped(self, work: Callable[[Session], T]) -> T:
+    def grouped(self, work: Callable[[Session], T] | Any, run: Callable[["Database", list], list] | None = None) -> T:
         """``work(session)`` in a write transaction it may share with other threads' grouped
         work (a group commit): whoever gets the write lock runs everything waiting for it in
         one transaction. A request still commits before it answers, and the transaction's
         fixed costs (begin, the audit chain's head, commit, the write lock's handoff) are paid
         once per group instead of once per request (intake under concurrency, bench/). If the
         group fails, each part runs again alone, so one part's error (a 409, a 429) is its own.
-        ``work`` must be safe to run twice and may not open a transaction of its own."""
-        mine = _Work(work)
+        ``work`` must be safe to run twice and may not open a transaction of its own.
+
+        ``run``: the group is written by ``run(database, works)`` instead, which returns each
+        work's value in order or raises (``batch.write``: one statement on PostgreSQL). A
+        group holds only works given the same ``run``."""
+        mine = _Work(work, run)
         if _NOW.on:  # writing_now: alone, so no other thread's part meets WriterBusy
             self._commit([mine])
             return mine.outcome()
@@ -305,7 +311,8 @@ class Database:
         with self._leader:
             if not mine.done:
                 with self._waiting_lock:
-                    group, self._waiting = self._waiting, []
+                    group = [part for part in self._waiting if part.run is run]
+                    self._waiting = [part for part in self._waiting if part.run is not run]
                 if mine not in group:  # taken by a leader that was interrupted before it finished
                     group.append(mine)
                 self._commit(group)
@@ -313,8 +320,12 @@ class Database:
 
     def _commit(self, group: list[_Work]) -> None:
         try:
-            with self.transaction() as session:
-                values = [part.work(session) for part in group]
+            run = group[0].run
+            if run is not None:
+                values = run(self, [part.work for part in group])
+            else:
+                with self.transaction() as session:
+                    values = [part.work(session) for part in group]
         except Exception as exc:
             if len(group) > 1:
                 for part in group:

@@ -24,6 +24,7 @@ from .redact import redact_value
 from .schemas import ReviewRequest, Status
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .worker import Worker
 
 REMIND, ESCALATE, TICKET_FIELDS = "sla_remind", "sla_escalate", "ticket_fields"
@@ -79,15 +80,15 @@ def quorum_met(session: Session, review: Review, mapping: Mapping, decided: Deci
                  quorum=mapping.reviewers.quorum, approvers=approvers + [decided.reviewer.model_dump()])
 
 
-def schedule_sla(session: Session, review: Review, mapping: Mapping) -> None:
-    """Reminder and escalation jobs (expiry is queued by ``reviews.route_review``)."""
+def schedule_sla(rows: Batch, review: Review, mapping: Mapping) -> None:
+    """Reminder and escalation jobs (expiry is queued by ``reviews._queue``)."""
     sla = mapping.sla
     if sla is None:
         return
     if sla.remind_after_seconds:
-        outbox.enqueue(session, review.id, REMIND, delay_seconds=sla.remind_after_seconds)
+        rows.enqueue(review.id, REMIND, delay_seconds=sla.remind_after_seconds)
     if sla.escalate_after_seconds:
-        outbox.enqueue(session, review.id, ESCALATE, delay_seconds=sla.escalate_after_seconds)
+        rows.enqueue(review.id, ESCALATE, delay_seconds=sla.escalate_after_seconds)
 
 
 class GovernanceJobs:

@@ -50,21 +50,28 @@ def enqueue(
     """Add a job unless one with the same ``dedupe_key`` exists (then None); its id. One
     ``INSERT ... ON CONFLICT DO NOTHING`` (a lookup, a savepoint and an ORM flush per job
     were a third of intake's time: bench/)."""
-    key = dedupe_key or f"{kind}:{review_id}"
-    now = utcnow()
-    values = {"review_id": review_id, "kind": kind, "dedupe_key": key, "payload": payload or {},
-              "run_at": now + timedelta(seconds=delay_seconds), "max_attempts": max_attempts}
+    values = job_values(review_id, kind, dedupe_key=dedupe_key, payload=payload, delay_seconds=delay_seconds,
+                        max_attempts=max_attempts)
     chain: Chain | None = session.info.get(CHAIN)
     chained = chain is not None and kind in chain.kinds and not delay_seconds
     if chained:
         values.update(state="running", locked_by=chain.worker, attempts=1,
-                      locked_until=now + timedelta(seconds=chain.lease_seconds))
+                      locked_until=values["created_at"] + timedelta(seconds=chain.lease_seconds))
     job_id = insert_once(session, JOBS, values)
     if job_id is None:
         return None
     if chained:
         chain.jobs.append(Job(id=job_id, **values))
     return job_id
+
+
+def job_values(review_id: str, kind: str, *, dedupe_key: str | None = None, payload: dict | None = None,
+               delay_seconds: float = 0.0, max_attempts: int = 12) -> dict:
+    """A new pending job's row, every column that has a value (``enqueue``; ``batch.Batch``)."""
+    now = utcnow()
+    return {"review_id": review_id, "kind": kind, "dedupe_key": dedupe_key or f"{kind}:{review_id}",
+            "payload": payload or {}, "run_at": now + timedelta(seconds=delay_seconds), "max_attempts": max_attempts,
+            "state": "pending", "attempts": 0, "created_at": now}
 
 
 def notify(session: Session) -> None:

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from connectors import TicketEvent
 
-from . import audit, keys, outbox
+from . import audit, batch, keys, outbox
+from .batch import Batch
 from .db import insert_once, utcnow
 from .decide import overall_type
 from .errors import BridgeError, ConflictError, NotFoundError
@@ -73,21 +74,30 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
     # hold SQLite's one write lock while other submissions wait for it.
     review, routed = _new_review(rt, request, api_key=api_key, idempotency_key=idempotency_key)
     digest = review.request_hash
+    decided = _decided_on_arrival(routed)
+    rows = _submission(rt, review, request, routed, decided=decided)
 
     def write(session: Session) -> ReviewOut | None:
         if rate_limit:
             keys.count_submission(session, api_key, rate_limit)
-        _create(session, rt, review, request, routed)
+        if decided:
+            session.add(review)  # the ORM tracks the decision's changes to the row
+        rows.apply(session)
+        if decided:
+            _approve_on_arrival(session, rt, review, request, routed)
         session.flush()
         # a queued review has no delivery or reply job yet: nothing to read back
         return None if review.status == Status.queued else to_out(session, review, request=request)
 
     try:
-        if _decided_on_arrival(routed):
+        if decided:
             with rt.db.transaction() as session:  # through the ORM: alone
                 out = write(session)
-        else:  # Core inserts only: safe to run again, so it may share a group commit
+        elif rate_limit:  # Core only, so it may share a group commit, but counted in a transaction
             out = rt.db.grouped(write)
+        else:  # new rows only: one statement on PostgreSQL (bridge/batch.py)
+            batch.write(rt.db, rows)
+            out = None
         out = out or to_out(None, review, request=request, jobs={})
     except IntegrityError:
         # The Idempotency-Key is taken (a retry, or a concurrent request that won): answer
@@ -145,18 +155,20 @@ def _new_review(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotenc
     return review, routed
 
 
-def _create(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
+def _submission(rt: Runtime, review: Review, request: ReviewRequest, routed: Any, *, decided: bool) -> Batch:
+    """A new review's row (unless the ORM tracks it: ``decided``), its jobs and its
+    ``review.submitted`` event."""
+    rows = Batch()
+    rows.claim(REVIEWS, api_key_name=review.api_key_name, idempotency_key=review.idempotency_key)
+    if not decided:
+        rows.insert(REVIEWS, {key: value for key, value in vars(review).items() if not key.startswith("_")})
     submitted_by = f"api_key:{review.api_key_name}"
     if routed is None:
-        _insert(session, review)
-        audit.record(session, "review.submitted", actor=submitted_by, review_id=review.id, title=request.title)
-        outbox.enqueue(session, review.id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
-        return
-    if _decided_on_arrival(routed):
-        session.add(review)  # the ORM tracks the decision's changes to the row
+        rows.record("review.submitted", actor=submitted_by, review_id=review.id, title=request.title)
+        rows.enqueue(review.id, READ_RUN, max_attempts=rt.settings.worker.max_attempts)
     else:
-        _insert(session, review)
-    _queue(session, rt, review, request, routed, submitted_by=submitted_by)
+        _queue(rows, rt, review, request, routed, submitted_by=submitted_by)
+    return rows
 
 
 def _decided_on_arrival(routed: Any) -> bool:
@@ -165,20 +177,17 @@ def _decided_on_arrival(routed: Any) -> bool:
     return routed is not None and (routed.route is None or routed.route.mode == "shadow")
 
 
-_INSERT_REVIEW = insert(Review.__table__)
-
-
-def _insert(session: Session, review: Review) -> None:
-    """The new row as one prepared Core INSERT: the ORM's unit of work for it was the
-    largest single cost of a submit (bench/). The object stays out of the session."""
-    values = {key: value for key, value in vars(review).items() if not key.startswith("_")}
-    session.connection().execute(_INSERT_REVIEW, values)
+REVIEWS = Review.__table__
 
 
 def route_review(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
     """Send a review where its route says once a LangSmith run has filled it in."""
     _place(rt, review, routed)
-    _queue(session, rt, review, request, routed)
+    rows = Batch()
+    _queue(rows, rt, review, request, routed)
+    rows.apply(session)
+    if _decided_on_arrival(routed):
+        _approve_on_arrival(session, rt, review, request, routed)
 
 
 def _place(rt: Runtime, review: Review, routed: Any) -> None:
@@ -195,33 +204,36 @@ def _place(rt: Runtime, review: Review, routed: Any) -> None:
         review.expires_at = utcnow() + timedelta(seconds=mapping.sla.expire_after_seconds)
 
 
-def _queue(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any, *,
+def _queue(rows: Batch, rt: Runtime, review: Review, request: ReviewRequest, routed: Any, *,
            submitted_by: str | None = None) -> None:
-    """The jobs and audit event of a placed review. ``submitted_by``: routed as it is
-    submitted, so one ``review.submitted`` event carries the route too (one audit append
-    per submit instead of two)."""
+    """The jobs and audit event of a placed review (its approval on arrival, if any, is
+    ``_approve_on_arrival``'s). ``submitted_by``: routed as it is submitted, so one
+    ``review.submitted`` event carries the route too (one audit append per submit, not two)."""
     review_id = review.id
     if routed.route is None:
         if submitted_by:
-            audit.record(session, "review.submitted", actor=submitted_by, review_id=review_id, title=request.title, route=None)
-        auto = [Decision(type="approve") for _ in request.action_requests]
-        apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=routed.reason)
+            rows.record("review.submitted", actor=submitted_by, review_id=review_id, title=request.title, route=None)
         return
     route, mapping = routed.route, snapshot_mapping(review)
     if mapping.sla:
-        outbox.enqueue(session, review_id, EXPIRE, delay_seconds=mapping.sla.expire_after_seconds)
+        rows.enqueue(review_id, EXPIRE, delay_seconds=mapping.sla.expire_after_seconds)
         from .governance import schedule_sla  # remind and escalate (issue 9)
 
-        schedule_sla(session, review, mapping)
-    outbox.enqueue(session, review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
+        schedule_sla(rows, review, mapping)
+    rows.enqueue(review_id, CREATE, max_attempts=rt.settings.worker.max_attempts)
     where = {"route": route.name, "mode": route.mode, "mapping": mapping.name}
     if submitted_by:
-        audit.record(session, "review.submitted", actor=submitted_by, review_id=review_id, title=request.title, **where)
+        rows.record("review.submitted", actor=submitted_by, review_id=review_id, title=request.title, **where)
     else:
-        audit.record(session, "review.routed", actor="bridge", review_id=review_id, **where)
-    if route.mode == "shadow":
-        auto = [Decision(type="approve") for _ in request.action_requests]
-        apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=f"shadow route {route.name!r}: the agent is not held")
+        rows.record("review.routed", actor="bridge", review_id=review_id, **where)
+
+
+def _approve_on_arrival(session: Session, rt: Runtime, review: Review, request: ReviewRequest, routed: Any) -> None:
+    """No route, or a shadow route: the review is approved as it arrives (after ``_queue``)."""
+    route = routed.route
+    reason = routed.reason if route is None else f"shadow route {route.name!r}: the agent is not held"
+    auto = [Decision(type="approve") for _ in request.action_requests]
+    apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=reason)
 
 
 # ----- decisions -------------------------------------------------------------------
