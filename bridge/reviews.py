@@ -61,7 +61,8 @@ def request_hash(dumped: dict[str, Any]) -> str:
 
 def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key: str | None,
            rate_limit: int | None = None) -> tuple[ReviewOut, bool]:
-    """Accept a review in one transaction; returns (review, created). Same key and body:
+    """Accept a review in one transaction (on PostgreSQL usually a single statement:
+    ``bridge/batch.py``); returns (review, created). Same key and body:
     the same review; same key, other body: 409. ``rate_limit``: the key's submissions a
     minute, counted in the same transaction (429 beyond)."""
     if request.origin and request.origin.connection not in rt.settings.connections:
