@@ -115,6 +115,8 @@ def _append_statements(connection, pending: list, prev_hash: str) -> str | None:
 # recordsets, which SQLAlchemy Core would build and compile anew for each number of
 # events. The events get their ids in chain order (ORDER BY n) while the head row is
 # locked, as the three statements did; the content rows find their event by its hash.
+# JSON values travel as their text: PostgreSQL refuses a \u0000 escape in a recordset's
+# JSON, which a json column stores (a reviewer's comment may carry one).
 # ``with_rows``: more CTEs in the same statement (``append_with``), each of which writes
 # only ``WHERE {IF_APPENDED}``; ``only_if``: conditions on which the head moves at all.
 IF_APPENDED = "EXISTS (SELECT FROM head)"
@@ -131,17 +133,17 @@ WITH head AS (
     RETURNING id
 {rows}), event AS (
     INSERT INTO audit_events (review_id, at, actor, kind, data, prev_hash, hash)
-    SELECT e.review_id, e.at, e.actor, e.kind, e.data, e.prev_hash, e.hash
+    SELECT e.review_id, e.at, e.actor, e.kind, CAST(e.data AS json), e.prev_hash, e.hash
     FROM json_to_recordset(CAST(:events AS json))
-         AS e(n int, review_id varchar, at timestamptz, actor varchar, kind varchar, data json, prev_hash varchar, hash varchar)
+         AS e(n int, review_id varchar, at timestamptz, actor varchar, kind varchar, data text, prev_hash varchar, hash varchar)
     WHERE {IF_APPENDED}
     ORDER BY e.n
     RETURNING id, hash
 ), content AS (
     INSERT INTO audit_content (event_id, review_id, salt, content)
-    SELECT event.id, c.review_id, c.salt, c.content
+    SELECT event.id, c.review_id, c.salt, CAST(c.content AS json)
     FROM event JOIN json_to_recordset(CAST(:contents AS json))
-                    AS c(hash varchar, review_id varchar, salt varchar, content json) USING (hash)
+                    AS c(hash varchar, review_id varchar, salt varchar, content text) USING (hash)
 )
 SELECT count(*) FROM head
 """)
@@ -150,8 +152,9 @@ SELECT count(*) FROM head
 def _append_one_statement(connection, pending: list, prev_hash: str, with_rows: tuple[str, ...] = (),
                           only_if: tuple[str, ...] = (), parameters: dict[str, Any] | None = None) -> str | None:
     events, contents, new_hash = _chain(pending, prev_hash)
-    rows = [{**event, "n": n, "at": event["at"].isoformat()} for n, event in enumerate(events)]
-    content_rows = [{**content, "hash": event["hash"]} for event, content in zip(events, contents) if content]
+    rows = [{**event, "n": n, "at": event["at"].isoformat(), "data": json.dumps(event["data"])} for n, event in enumerate(events)]
+    content_rows = [{**content, "hash": event["hash"], "content": json.dumps(content["content"])}
+                    for event, content in zip(events, contents) if content]
     moved = connection.execute(_append_sql(with_rows, only_if), {
         **(parameters or {}), "old_hash": prev_hash, "new_hash": new_hash, "added": len(pending),
         "events": json.dumps(rows, separators=(",", ":")), "contents": json.dumps(content_rows, separators=(",", ":")),

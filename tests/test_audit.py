@@ -148,3 +148,19 @@ def test_threads_of_one_instance_append_in_turn(db):
     assert result.ok, result.problem
     assert result.checked == 5 + 8 * 25
     assert head_reads == []
+
+
+def test_events_carrying_a_nul_character_are_stored_and_verify(db):
+    """A reviewer's comment may carry a NUL (JSON ``\\u0000``): its events are appended, on
+    PostgreSQL too (whose JSON recordsets refuse that escape unless it travels as text)."""
+    for _ in range(2):  # the second append chains onto this process's head in one statement
+        with db.transaction() as session:
+            audit.record(session, "review.decided", actor="jira:alice", review_id="rev_nul",
+                         decision={"message": "approved\u0000 with a NUL"}, note="a\u0000b")
+    result = verify(db)
+    assert result.ok, result.problem
+    with db.transaction() as session:
+        events = audit.with_content(session, list(session.execute(
+            select(AuditEvent).where(AuditEvent.review_id == "rev_nul")).scalars()))
+    assert [e["data"]["decision"]["message"] for e in events] == ["approved\u0000 with a NUL"] * 2
+    assert [e["data"]["note"] for e in events] == ["a\u0000b"] * 2
