@@ -90,8 +90,9 @@ def _append_pending(session: Session) -> None:
 
 
 _HEADS: dict[int, str] = {}
-"""Per engine (its pool, shared by its execution options): the head this process moved last. Only a hint: an append moves the head only
-if it is still that hash, and a head that has a hash is the chain's tip."""
+"""Per engine (keyed by its pool, which its execution options share): the head this process
+moved last. Only a hint: an append moves the head only if it is still that hash, and a head
+that has a hash is the chain's tip."""
 
 
 def _append_statements(connection, pending: list, prev_hash: str) -> str | None:

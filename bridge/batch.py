@@ -4,8 +4,8 @@ review, its jobs and its ``review.submitted`` event.
 On PostgreSQL a batch, or a group commit's batches together, is one statement that commits
 by itself: the rows go in as JSON recordsets inside the audit chain's append
 (``audit.append_with``). One round trip where BEGIN, an INSERT a table, the append and
-COMMIT were five; in-process, a submission went from 1.63 to 0.92 ms and from 1.17 to 0.58
-ms of CPU (bench/README.md). On SQLite, where a round trip costs nothing, or when another
+COMMIT were five; in-process A/B, a submission went from 1.6 to 0.95 ms and from 1.08 to
+0.62 ms of CPU (bench/README.md). On SQLite, where a round trip costs nothing, or when another
 instance moved the chain's head, or when a claimed key is taken or being written (``claim``),
 a batch is applied in a transaction like any other write.
 """
