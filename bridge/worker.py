@@ -43,7 +43,10 @@ from .wakeups import Listener
 from .schemas import Decision, DecisionRecord, ReviewRequest, Status
 
 log = logging.getLogger("bridge.worker")
-CHAINED = frozenset({reviews.DELIVER})  # run by the thread whose transaction queued them
+# Run by the thread whose transaction queued them: a decision's delivery, and a comment on
+# the ticket (the "reached the agent" one after every delivery). Claimed as they are
+# queued, they cost no claim and no read of the review (bench/README.md).
+CHAINED = frozenset({reviews.DELIVER, reviews.COMMENT})
 
 
 class CallbackError(RetryableError):
@@ -138,14 +141,14 @@ class Worker:
                 if job is None:
                     continue
             self._chained.jobs, self._chained.review = [job], None
-            while self._chained.jobs:  # the job, then any it chained (a decision's delivery)
+            while self._chained.jobs:  # the job, then any it chained (a decision's delivery, its comment)
                 job = self._chained.jobs.pop(0)
                 try:
                     with correlation(job.review_id):
                         self._run(job)
                 except Exception:
                     log.exception("worker.loop_error")
-            self.rt.wake()  # the job may have queued others (a reached-the-agent comment): look now
+            self.rt.wake()  # the job may have queued others (a reply, an on_decided update): look now
 
     def _renew_leases(self) -> None:
         """Every third of a lease, extend the leases of the jobs in hand (one statement)."""
@@ -242,9 +245,10 @@ class Worker:
         return self.rt.db.fetch(Review, review_id)  # queues behind no writer (webhook acks are writers)
 
     def _finish(self, job: Job, apply: Callable[[Session, Review], None] | None = None) -> None:
-        """Record a job's result and end it in one transaction. A delivery it queues (a
-        decision made from a read-back) is claimed in that transaction and run next by this
-        thread: the agent hears at once, not after the queue (outbox.Chain)."""
+        """Record a job's result and end it in one transaction. A delivery or
+        comment it queues (a decision made from a read-back) is claimed in that transaction
+        and run next by this thread: the agent hears at once, not after the queue
+        (outbox.Chain)."""
         if apply is None:
             return outbox.finish_alone(self.rt.db, job.id)
         chain = outbox.Chain(self.id, self.rt.settings.worker.lease_seconds, CHAINED)
