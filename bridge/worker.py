@@ -27,7 +27,7 @@ from standardwebhooks import Webhook
 
 from connectors.errors import ConnectorError, PermanentError, RateLimitedError, RetryableError
 
-from . import audit, outbox, reviews
+from . import audit, outbox, reviews, rows
 from .breaker import CircuitBreakers, CircuitOpenError
 from .db import utcnow
 from .decide import Approval, Decided, Refused, decide
@@ -245,7 +245,8 @@ class Worker:
         return self.rt.db.fetch(Review, review_id)  # queues behind no writer (webhook acks are writers)
 
     def _finish(self, job: Job, apply: Callable[[Session, Review], None] | None = None) -> None:
-        """Record a job's result and end it in one transaction. A delivery or
+        """Record a job's result and end it in one transaction. ``apply`` gets the review
+        locked, as a ``rows.Locked``: what it sets is written when it returns. A delivery or
         comment it queues (a decision made from a read-back) is claimed in that transaction
         and run next by this thread: the agent hears at once, not after the queue
         (outbox.Chain)."""
@@ -254,8 +255,9 @@ class Worker:
         chain = outbox.Chain(self.id, self.rt.settings.worker.lease_seconds, CHAINED)
         with self.rt.db.transaction() as session:
             session.info[outbox.CHAIN] = chain
-            review = session.get(Review, job.review_id, with_for_update=True)
+            review = rows.lock(session, Review, job.review_id)
             apply(session, review)
+            rows.save(session, review)
             outbox.finish(session, job.id)
         self._chained.__dict__.setdefault("jobs", []).extend(chain.jobs)
         self._chained.review = review if chain.jobs else None  # the chained job need not read it again
