@@ -294,7 +294,8 @@ def apply_decision(
     review.decision = record.model_dump(mode="json")
     review.decided_at = record.decided_at
     audit.record(session, "review.decided", actor=_actor(reviewer), review_id=review.id, status=review.status, decision=review.decision)
-    outbox.cancel_jobs(session, review.id, (EXPIRE,))
+    if review.expires_at is not None:  # it has an SLA, so an expiry job (a statement less a decision without)
+        outbox.cancel_jobs(session, review.id, (EXPIRE,))
     if request.resume is not None:
         outbox.enqueue(session, review.id, DELIVER, max_attempts=rt.settings.worker.max_attempts)
     reply = final_reply(request, decisions)

@@ -15,6 +15,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 
 _LOCK: dict[str, Any] = {}
+_SAVE: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 class Locked:
@@ -51,5 +52,10 @@ def save(session: Session, row: Locked) -> None:
         return
     table = row._table
     (primary_key,) = table.primary_key.columns
-    session.connection().execute(update(table).where(primary_key == row.__dict__[primary_key.name]).values(row._changes))
+    columns = tuple(sorted(row._changes))
+    statement = _SAVE.get((table.name, columns))
+    if statement is None:  # one per set of columns, built once: a job sets the same few each time
+        statement = _SAVE[(table.name, columns)] = (
+            update(table).where(primary_key == bindparam("_key")).values({name: bindparam(name) for name in columns}))
+    session.connection().execute(statement, {"_key": row.__dict__[primary_key.name], **row._changes})
     row._changes.clear()
