@@ -11,7 +11,7 @@ Latency: rows are bulk-inserted with SQLAlchemy Core (10% open, the rest approve
 delivered; each with its ticket, mapping snapshot and jobs, as the bridge writes them), then
 the bridge's own use cases run in-process against that store: ``reviews.get``,
 ``reviews.list_reviews`` (newest open, and a page deep in the middle by cursor) and
-``reviews.accept_webhook`` for an open review's ticket (the match, the dedupe check and the
+``inbox.accept`` for an open review's ticket (the match, the dedupe check and the
 inserts it makes).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from bridge import reviews
+from bridge import inbox, reviews
 from bridge.db import utcnow
 from bridge.migrate import upgrade
 from bridge.models import Job, Review
@@ -171,7 +171,7 @@ def latency(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_u
                                            max(10, samples // 4)),
                 "list_page_middle": _timed(lambda: reviews.list_reviews(rt, status=None, route=None, limit=50, cursor=middle),
                                            max(10, samples // 4)),
-                "webhook_match": _timed(lambda: reviews.accept_webhook(rt, "jira", [TicketEvent(
+                "webhook_match": _timed(lambda: inbox.accept(rt, "jira", [TicketEvent(
                     event_id=str(uuid.uuid4()), ticket_key=str(100000 + rng.choice(open_ids)), kind="status_changed")]), samples),
             }
             rows.append(row)

@@ -9,19 +9,17 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from connectors import TicketEvent
-
 from . import audit, batch, keys, outbox
 from .batch import Batch
-from .db import insert_once, utcnow
+from .db import utcnow
 from .decide import overall_type
 from .errors import BridgeError, ConflictError, NotFoundError
 from .mapping import Mapping
-from .models import Job, Review, WebhookEvent, new_id
+from .models import Job, Review, new_id
 from .runtime import Runtime
 from .schemas import (
     DECIDED,
@@ -454,57 +452,3 @@ def cancel(rt: Runtime, review_id: str, *, api_key: str) -> ReviewOut:
     rt.wake()
     rt.metrics.reviews.labels(Status.cancelled, out.route.name or "").inc()
     return out
-
-
-# ----- webhooks --------------------------------------------------------------------
-
-
-_MATCH_TICKET = (
-    select(Review.id, Review.status, Review.route_mode, Review.shadow_decision)
-    .where(Review.ticket_connection == bindparam("connection"), Review.ticket_key == bindparam("key"))
-    .order_by(Review.id.desc())
-    .limit(1)
-)
-_PENDING_SYNC = select(Job.id).where(Job.review_id == bindparam("review_id"), Job.kind == SYNC, Job.state == "pending").limit(1)
-_WEBHOOK_EVENTS = WebhookEvent.__table__
-
-
-def accept_webhook(rt: Runtime, connection: str, events: list[TicketEvent]) -> dict[str, Any]:
-    """Record verified events once and queue a read-back of each ticket they name."""
-
-    def record(session: Session) -> dict[str, Any]:
-        outcome = {"accepted": 0, "duplicate": 0, "ignored": 0, "unknown": 0}
-        sql = session.connection()
-        for event in events:
-            # the few columns needed, not the review's large JSON columns (the ack's hot path)
-            review = sql.execute(_MATCH_TICKET, {"connection": connection, "key": event.ticket_key}).first()
-            if review is None:
-                outcome["unknown"] += 1
-                continue
-            if insert_once(session, _WEBHOOK_EVENTS, {"connection": connection, "event_id": event.event_id,
-                                                     "ticket_key": event.ticket_key, "received_at": utcnow()}) is None:
-                outcome["duplicate"] += 1  # also when the same event arrives twice at once: one insert wins
-                continue
-            waiting = review.status == Status.open or (review.route_mode == "shadow" and review.shadow_decision is None)
-            if not waiting:
-                outcome["ignored"] += 1
-                continue
-            pending = sql.execute(_PENDING_SYNC, {"review_id": review.id}).first()
-            if pending is None:
-                outbox.enqueue(session, review.id, SYNC, dedupe_key=f"sync:{review.id}:{event.event_id}")
-            outcome["accepted"] += 1
-        if events and outcome["unknown"] == len(events):
-            raise NotFoundError(
-                "the webhook names no ticket the bridge created",
-                code="unknown_ticket",
-                details={"tickets": sorted({e.ticket_key for e in events})},
-            )
-        return outcome
-
-    if rt.db.one_writer:  # acks waiting for SQLite's one writer go together (Core only: safe to run again)
-        outcome = rt.db.grouped(record)
-    else:  # PostgreSQL runs them side by side; grouped, they queued behind one leader (bench/README.md)
-        with rt.db.transaction() as session:
-            outcome = record(session)
-    rt.wake()
-    return outcome

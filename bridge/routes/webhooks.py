@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from connectors.errors import WebhookVerificationError
 
-from .. import reviews
+from .. import inbox
 from ..deps import RuntimeDep
 from ..errors import AuthenticationError, BridgeError, NotFoundError
 from . import run_write
@@ -41,7 +41,7 @@ def _handle(rt, connection: str, headers: dict[str, str], raw_body: bytes) -> Re
         raise AuthenticationError(f"webhook refused: {exc.message}", code="invalid_webhook") from None
     ack = connector.acknowledge(events)
     try:
-        outcome = reviews.accept_webhook(rt, connection, events)
+        outcome = inbox.accept(rt, connection, events)
     except BridgeError:
         rt.metrics.webhooks.labels(connection, "unknown_ticket").inc()
         if ack is None:
