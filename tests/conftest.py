@@ -28,6 +28,29 @@ def db(tmp_path):
 
 
 @pytest.fixture
+def idle_bridge(tmp_path):
+    """A bridge's settings on a migrated test database, nothing started: for calling the
+    bridge's use cases in-process (``rt``)."""
+    from bridge.migrate import upgrade
+    from harness import Bridge
+
+    bridge = Bridge(tmp_path)
+    upgrade(bridge.database_url)
+    yield bridge
+    bridge.stop()
+
+
+@pytest.fixture
+def rt(idle_bridge):
+    """A ``Runtime`` on ``idle_bridge``'s settings (no worker, no server)."""
+    from bridge.runtime import Runtime
+
+    runtime = Runtime(idle_bridge.settings)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
 def recorder():
     rec = Recorder().start()
     yield rec

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from bridge import audit, reviews
 from bridge.cli import app
-from bridge.migrate import upgrade
 from bridge.models import Job, Review
 from bridge.runtime import Runtime
 from bridge.schemas import ReviewRequest
@@ -22,18 +21,8 @@ from harness import Bridge, TestDatabase
 
 
 @pytest.fixture
-def bridge(tmp_path):
-    b = Bridge(tmp_path)
-    upgrade(b.database_url)
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def rt(bridge):
-    runtime = Runtime(bridge.settings)
-    yield runtime
-    runtime.close()
+def bridge(idle_bridge):
+    return idle_bridge
 
 
 def submit(rt: Runtime, bridge: Bridge, key: str | None = None, **overrides) -> tuple[dict, bool]:

@@ -9,21 +9,9 @@ from sqlalchemy import event, select
 
 from bridge import inbox
 from bridge.errors import NotFoundError
-from bridge.migrate import upgrade
 from bridge.models import Job, Review, WebhookEvent
 from bridge.runtime import Runtime
 from connectors import TicketEvent
-from harness import Bridge
-
-
-@pytest.fixture
-def rt(tmp_path):
-    bridge = Bridge(tmp_path)
-    upgrade(bridge.database_url)
-    runtime = Runtime(bridge.settings)
-    yield runtime
-    runtime.close()
-    bridge.stop()
 
 
 def add_review(rt: Runtime, review_id: str, ticket_key: str, *, status: str = "open", route_mode: str = "enforce",
