@@ -5,31 +5,28 @@ transaction. Every handler is safe to run again after a crash at any point: tick
 creation finds the ticket it made before, a reply is not posted twice, a callback keeps its
 ``webhook-id``. Retries are decided here and only here: connector errors say whether a
 retry can help (``RetryableError``, with ``Retry-After`` for 429s), tenacity's backoff says
-when.
+when. The ticket's jobs are here; the delivery to the agent is in ``delivery.py``, the SLA
+jobs in ``governance.py``, LangSmith's in ``langsmith.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 
-import httpx2
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
-from standardwebhooks import Webhook
 
 from connectors.errors import ConnectorError, PermanentError, RateLimitedError, RetryableError
 
 from . import audit, outbox, reviews, rows
 from .breaker import CircuitBreakers, CircuitOpenError
-from .db import utcnow
+from .delivery import DeliveryJobs
 from .decide import Approval, Decided, Refused, decide
 from .governance import GovernanceJobs, approvals_of, groups_for, quorum_met, record_approval
 from .redact import redact_value
@@ -40,17 +37,13 @@ from .mapping import ActionSpec, RedactionSpec, ReplySpec, render_action, render
 from .models import Job, Review
 from .runtime import Runtime
 from .wakeups import Listener
-from .schemas import Decision, DecisionRecord, ReviewRequest, Status
+from .schemas import Decision, ReviewRequest, Status
 
 log = logging.getLogger("bridge.worker")
 # Run by the thread whose transaction queued them: a decision's delivery, and a comment on
 # the ticket (the "reached the agent" one after every delivery). Claimed as they are
 # queued, they cost no claim and no read of the review (bench/README.md).
 CHAINED = frozenset({reviews.DELIVER, reviews.COMMENT})
-
-
-class CallbackError(RetryableError):
-    pass
 
 
 class Worker:
@@ -60,7 +53,6 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener: Listener | None = None
-        self._http = httpx2.Client(timeout=10.0)
         settings = rt.settings.worker
         self.breakers = CircuitBreakers(threshold=settings.breaker_threshold, cooldown_seconds=settings.breaker_cooldown_seconds)
         self._calls = threading.local()  # the connections the current job has used
@@ -70,12 +62,13 @@ class Worker:
         self.handlers: dict[str, Callable[[Job], None]] = {
             reviews.CREATE: self.create_ticket,
             reviews.SYNC: self.sync_ticket,
-            reviews.DELIVER: self.deliver_decision,
             reviews.POST_REPLY: self.post_reply,
             reviews.COMMENT: self.comment_on_ticket,
             reviews.CLOSE: self.ticket_action,
             reviews.EXPIRE: self.expire_review,
         }
+        self.delivery = DeliveryJobs(self)
+        self.handlers.update(self.delivery.handlers())
         self.handlers.update(LangSmithJobs(self).handlers())
         self.handlers.update(GovernanceJobs(self).handlers())
 
@@ -109,7 +102,7 @@ class Worker:
         if self._listener is not None:
             self._listener.stop()
         if not any(t.is_alive() for t in self._threads):
-            self._http.close()
+            self.delivery.close()
 
     @property
     def alive(self) -> bool:
@@ -337,90 +330,6 @@ class Worker:
             outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"refusal:{row.id}:{fingerprint}", payload={"body": body})
 
         self._finish(job, apply)
-
-    def deliver_decision(self, job: Job) -> None:
-        review = self._load(job.review_id)
-        request = ReviewRequest.model_validate(review.request)
-        if review.decision is None or request.resume is None:
-            return self._finish(job)
-        record = DecisionRecord.model_validate(review.decision)
-        if record.version > job.payload.get("version", 1):
-            return self._finish(job)  # reversed since it was queued: the new version's job delivers that
-        if request.resume.callback_url is not None:
-            self._post_callback(str(request.resume.callback_url), review, record)
-        else:
-            from .langgraph import AlreadyResumed, api_key_for, resume_thread  # optional path, imported only when used
-
-            target = request.resume.langgraph
-            try:
-                if record.version > 1 and review.delivered_at is not None:
-                    raise AlreadyResumed(f"thread {target.thread_id} was resumed with an earlier version of this decision")
-                resume_thread(target, record, api_key=api_key_for(self.rt.settings, str(target.url)), review_id=review.id)
-            except AlreadyResumed as exc:
-                if record.version == 1:
-                    raise
-                return self._undeliverable(job, record, f"{exc}; a LangGraph thread cannot be resumed twice")
-
-        def apply(session: Session, row: Review) -> None:
-            row.delivered_at = utcnow()
-            audit.record(session, "decision.delivered", actor="bridge", review_id=row.id, version=record.version,
-                         via="callback" if request.resume.callback_url else "langgraph", attempts=job.attempts)
-            if row.ticket_key and row.route_mode != "shadow":
-                what = row.status if record.version == 1 else f"{row.status}, version {record.version}"
-                outbox.enqueue(session, row.id, reviews.COMMENT,
-                               dedupe_key=f"delivered:{row.id}" + (f":v{record.version}" if record.version > 1 else ""),
-                               payload={"body": f"hitl-bridge: the decision ({what}) reached the agent."})
-
-        self._finish(job, apply)
-
-    def _undeliverable(self, job: Job, record: DecisionRecord, why: str) -> None:
-        """A reversed decision the agent can no longer take: recorded and said on the ticket,
-        not retried (the job ends ``undeliverable``)."""
-        with self.rt.db.transaction() as session:
-            outbox.finish(session, job.id, state="undeliverable", error=why)
-            review = session.get(Review, job.review_id)
-            audit.record(session, "decision.undeliverable", actor="bridge", review_id=review.id, version=record.version, why=why)
-            if review.ticket_key:
-                outbox.enqueue(session, review.id, reviews.COMMENT, dedupe_key=f"undeliverable:{review.id}:v{record.version}",
-                               payload={"body": f"hitl-bridge: the reversed decision (version {record.version}) "
-                                                f"could not be sent to the agent: {why}."})
-        log.warning("decision.undeliverable", extra={"job_id": job.id, "version": record.version})
-
-    def _post_callback(self, url: str, review: Review, record: DecisionRecord) -> None:
-        """Standard Webhooks: one ``webhook-id`` per decision version, stable across retries
-        (agents deduplicate on it): ``msg_<review>`` for the first, ``msg_<review>_v<N>`` after."""
-        payload = {
-            "type": "review.decided" if record.version == 1 else "review.decision_reversed",
-            "review_id": review.id,
-            "status": review.status,
-            "version": record.version,
-            "decisions": [d.as_langchain() for d in record.decisions],
-            "decision": record.model_dump(mode="json"),
-        }
-        if record.version > 1:
-            payload.update(supersedes=record.supersedes, reason=record.reason)
-        body = json.dumps(payload, separators=(",", ":"))
-        message_id = f"msg_{review.id}" if record.version == 1 else f"msg_{review.id}_v{record.version}"
-        timestamp = datetime.now(tz=utcnow().tzinfo)
-        signature = Webhook(self.rt.callback_secret).sign(message_id, timestamp, body)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": signature,
-        }
-        try:
-            response = self._http.post(url, content=body.encode(), headers=headers)
-        except httpx2.HTTPError as exc:
-            raise CallbackError(f"callback failed: {type(exc).__name__}", operation="deliver_decision") from exc
-        if response.status_code == 410:
-            raise PermanentError("the agent answered 410 Gone", status=410, operation="deliver_decision")
-        if not 200 <= response.status_code < 300:
-            retry_after = response.headers.get("retry-after")
-            if response.status_code == 429:
-                raise RateLimitedError("the agent is rate limiting callbacks", status=429, operation="deliver_decision",
-                                       retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
-            raise CallbackError("the agent did not accept the callback", status=response.status_code, operation="deliver_decision")
 
     def post_reply(self, job: Job) -> None:
         review = self._load(job.review_id)
