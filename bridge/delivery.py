@@ -129,5 +129,5 @@ class DeliveryJobs:
             retry_after = response.headers.get("retry-after")
             if response.status_code == 429:
                 raise RateLimitedError("the agent is rate limiting callbacks", status=429, operation="deliver_decision",
-                                       retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+                                       retry_after=float(retry_after) if retry_after and retry_after.isdecimal() else None)
             raise CallbackError("the agent did not accept the callback", status=response.status_code, operation="deliver_decision")

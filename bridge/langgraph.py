@@ -212,7 +212,7 @@ def translate(exc: Exception, operation: str) -> ConnectorError:
         if status == 429:
             retry_after = exc.response.headers.get("retry-after")
             return RateLimitedError(message, status=status, operation=operation,
-                                    retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+                                    retry_after=float(retry_after) if retry_after and retry_after.isdecimal() else None)
         if status >= 500:
             return RetryableError(message, status=status, operation=operation)
         if status in (401, 403):

@@ -342,7 +342,7 @@ def yaml_line(text: str, path: Any) -> int | None:
     ``"ticket.fields.summary"``) is written in ``text``: the deepest key or item found, so
     an admin is sent to the line to fix even for a key that is missing below it."""
     if isinstance(path, str):
-        path = [int(p) if p.isdigit() else p for p in re.split(r"\.|\[(\d+)\]", path) if p]
+        path = [int(p) if p.isdecimal() else p for p in re.split(r"\.|\[(\d+)\]", path) if p]
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:

@@ -39,7 +39,7 @@ def verify(find_key: Callable[[str], ApiKey | None], cookie: str | None, *, now:
         return None
     body, _, signature = cookie.rpartition(".")
     name, _, expires = body.rpartition(".")
-    if not expires.isdigit() or int(expires) < (now or time.time()):
+    if not expires.isdecimal() or int(expires) < (now or time.time()):
         return None
     key = find_key(name)
     if key is None or "admin" not in key.scopes:

@@ -403,7 +403,7 @@ class JiraConnector:
 
         def order(history: Mapping[str, Any]) -> tuple[datetime, int]:
             history_id = str(history.get("id", ""))
-            return _parse_time(history.get("created")) or epoch, int(history_id) if history_id.isdigit() else 0
+            return _parse_time(history.get("created")) or epoch, int(history_id) if history_id.isdecimal() else 0
 
         newest = max(histories, key=order)
         return person(newest.get("author"))

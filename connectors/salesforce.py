@@ -179,7 +179,7 @@ class SalesforceConnector:
         sobject = sobject or self.config.object
         if not _OBJECT_NAME.fullmatch(sobject):
             raise RemoteNotFoundError(f"not a Salesforce object name: {sobject[:40]!r}")
-        if record_id.isdigit():
+        if record_id.isdecimal():
             rows = self._query("resolve", format_soql("SELECT Id FROM Case WHERE CaseNumber = {}", record_id))
             if not rows:
                 raise RemoteNotFoundError(f"no Case numbered {record_id}")

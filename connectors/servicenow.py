@@ -244,7 +244,7 @@ class ServiceNowConnector:
         by_label = {label.lower(): value for value, label in INCIDENT_STATES.items()}
         if status.lower() in by_label:
             return by_label[status.lower()]
-        if status.lstrip("-").isdigit():
+        if status.lstrip("-").isdecimal():
             return status
         raise PermanentError(f"{table} has no state called {status[:80]!r}")
 

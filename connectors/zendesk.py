@@ -213,7 +213,7 @@ class ZendeskConnector:
 
     @staticmethod
     def _ticket_id(key: str, operation: str) -> int:
-        if not str(key).isdigit():
+        if not str(key).isdecimal():
             raise RemoteNotFoundError(f"{key!r} is not a Zendesk ticket id", operation=operation)
         return int(key)
 
@@ -306,7 +306,7 @@ class ZendeskConnector:
         """Names of the Zendesk groups an agent belongs to (``GET /api/v2/users/{id}/groups.json``,
         every page). An end user, an unknown or deleted user belongs to no group. Read at each
         call, never cached, so a change in Zendesk takes effect at the next decision."""
-        if not str(person.id).isdigit():
+        if not str(person.id).isdecimal():
             return set()
         try:
             with self._calling("groups_of"):
@@ -371,7 +371,7 @@ class ZendeskConnector:
             groups = {int(g["id"]): g for g in (_as_dict(x) for x in self.client.groups())}
 
         def check_custom(where: str, field_id: Any, value: Any) -> None:
-            field = fields.get(int(field_id)) if str(field_id).isdigit() else None
+            field = fields.get(int(field_id)) if str(field_id).isdecimal() else None
             if field is None:
                 problems.append(MappingProblem(where, f"Zendesk has no ticket field {field_id}"))
                 return
@@ -390,7 +390,7 @@ class ZendeskConnector:
             elif name not in self.SYSTEM_FIELDS:
                 problems.append(MappingProblem(use.where, f"{name!r} is not a Zendesk ticket property; custom fields are custom_fields.<id>"))
             elif name == "group_id" and value not in (None, ""):
-                if not str(value).isdigit() or int(value) not in groups:
+                if not str(value).isdecimal() or int(value) not in groups:
                     problems.append(MappingProblem(use.where, f"Zendesk has no group {value}; groups: {sorted((g['id'], g['name']) for g in groups.values())}"))
             elif self.SYSTEM_FIELDS[name] and value not in (None, "") and isinstance(value, str) and value not in self.SYSTEM_FIELDS[name]:
                 problems.append(MappingProblem(use.where, f"{value!r} is not a Zendesk {name}; one of {list(self.SYSTEM_FIELDS[name])}"))
@@ -447,7 +447,7 @@ class ZendeskConnector:
             for event in audit.get("events") or []:
                 event = _as_dict(event)
                 name = str(event.get("field_name") or "")
-                if event.get("type") in ("Change", "Create") and (name in DECIDING_AUDIT_FIELDS or name.isdigit()):
+                if event.get("type") in ("Change", "Create") and (name in DECIDING_AUDIT_FIELDS or name.isdecimal()):
                     return self._person(int(audit["author_id"]))
         return None
 

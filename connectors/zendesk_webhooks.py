@@ -85,7 +85,7 @@ def parse_webhook(config: "ZendeskConfig", headers: Mapping[str, str], raw_body:
         ticket_id = str(body.get("ticket_id") or body.get("id") or "").strip()
         kind = EVENT_KINDS.get(str(body.get("event") or "").lower(), "updated")
         when = parse_time(body.get("updated_at"))
-    if not ticket_id.isdigit():
+    if not ticket_id.isdecimal():
         raise WebhookVerificationError("webhook body names no ticket id")
     event_id = event_id or hashlib.sha256(raw_body).hexdigest()
     return [TicketEvent(event_id=event_id, ticket_key=ticket_id, kind=kind,

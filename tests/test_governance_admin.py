@@ -221,6 +221,16 @@ def test_expired_or_non_admin_database_keys_cannot_sign_in(bridge):
         assert late.status_code == 401 and "expired" in late.text
 
 
+def test_a_forged_session_cookie_is_sent_to_sign_in_whatever_it_holds(bridge):
+    """"²".isdigit() is true and int("²") raises: an expiry like that was a 500."""
+    for forged in ("ops-admin.\u00b2.sig", "ops-admin.99999999999.sig", "no-dots", "a.b.c.d"):
+        cookie = [(b"cookie", f"hitl_admin={forged}".encode("latin-1"))]  # as sent: HTTP headers are bytes
+        with httpx2.Client(base_url=bridge.url, timeout=30, headers=cookie) as browser:
+            page = browser.get("/admin")
+            assert page.status_code == 303 and page.headers["location"] == "/admin/login", forged
+            assert browser.get("/v1/admin/queue").status_code == 401, forged
+
+
 # ----- content policy detectors -----------------------------------------------------------
 
 

@@ -491,7 +491,7 @@ class ZendeskEmulator(Emulator):
 
     def act(self, act: Act) -> dict[str, Any]:
         with self.lock:
-            ticket = self.tickets.get(int(act.key)) if act.key.isdigit() else None
+            ticket = self.tickets.get(int(act.key)) if act.key.isdecimal() else None
             if ticket is None:
                 raise KeyError(act.key)
             login = "carol" if act.action == "customer_reply" else (act.user or "alice")
