@@ -126,6 +126,7 @@ def test_jwt_session_is_refreshed_with_a_new_assertion(org):
     ({"consumer_key": "3MVG9someOtherApp"}, 0, "client identifier invalid: consumer_key is not"),
     ({"username": "alice@hitl.example"}, 0, "user hasn't approved this consumer: the user is not pre-authorized"),
 ])
+@pytest.mark.filterwarnings("ignore:\\s*If your connected app policy:UserWarning")  # simple_salesforce's advice, expected here
 def test_refused_jwt_is_an_auth_error_saying_why(org, overrides, clock, says):
     if overrides.get("private_key") == "other":
         overrides = {"private_key": other_rsa_key()}
