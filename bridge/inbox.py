@@ -109,8 +109,9 @@ def _record(session: Session, connection: str, event: TicketEvent) -> tuple[bool
 
 
 def _record_in_one_statement(sql: Connection, connection: str, event: TicketEvent) -> tuple[bool, bool, bool]:
-    job = outbox.job_values("", SYNC)
+    """``_record`` on PostgreSQL: the same answer, from ``_ACK``."""
+    job = outbox.job_values("", SYNC)  # a new job's defaults; its review and dedupe key come from the statement
     row = sql.execute(_ACK, {"open": Status.open.value, "connection": connection, "ticket_key": event.ticket_key,
                              "event_id": event.event_id, "now": job["created_at"], "kind": SYNC,
                              "payload": json.dumps(job["payload"]), "max_attempts": job["max_attempts"]}).one()
-    return row.known, row.recorded, row.known and row.recorded and row.waiting
+    return row.known, row.recorded, row.recorded and row.waiting
