@@ -57,24 +57,27 @@ def parse_timestamp(value: str | int | float | None) -> float:
     """Epoch seconds from epoch seconds, epoch milliseconds or an ISO-8601 string."""
     if value is None or value == "":
         raise WebhookVerificationError("missing timestamp")
-    unreadable = WebhookVerificationError(f"unreadable timestamp {str(value)[:40]!r}")
     if isinstance(value, bool):
-        raise unreadable
+        raise _unreadable(value)
     if isinstance(value, (int, float)) or _EPOCH.fullmatch(str(value).strip()):
         try:  # a JSON number may be too large for a float, or NaN / Infinity (Python's json reads those)
             number = float(value)
         except (OverflowError, ValueError):
-            raise unreadable from None
+            raise _unreadable(value) from None
         if not math.isfinite(number):
-            raise unreadable
+            raise _unreadable(value)
         return number / 1000.0 if number > 1e11 else number
     try:
         parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except ValueError:
-        raise unreadable from None
+        raise _unreadable(value) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def _unreadable(value: object) -> WebhookVerificationError:
+    return WebhookVerificationError(f"unreadable timestamp {str(value)[:40]!r}")
 
 
 _EPOCH = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() also takes "²", which float() refuses
