@@ -18,7 +18,7 @@ import httpx2
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
-from connectors.errors import PermanentError, RateLimitedError, RetryableError
+from connectors.errors import PermanentError, RateLimitedError, RetryableError, retry_after_seconds
 
 from . import audit, outbox, reviews
 from .db import utcnow
@@ -126,8 +126,7 @@ class DeliveryJobs:
         if response.status_code == 410:
             raise PermanentError("the agent answered 410 Gone", status=410, operation="deliver_decision")
         if not 200 <= response.status_code < 300:
-            retry_after = response.headers.get("retry-after")
             if response.status_code == 429:
                 raise RateLimitedError("the agent is rate limiting callbacks", status=429, operation="deliver_decision",
-                                       retry_after=float(retry_after) if retry_after and retry_after.isdecimal() else None)
+                                       retry_after=retry_after_seconds(response.headers.get("retry-after")))
             raise CallbackError("the agent did not accept the callback", status=response.status_code, operation="deliver_decision")

@@ -45,6 +45,7 @@ from connectors.errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
 )
 
 from .schemas import DECISION_TYPES, ActionRequest, Decision, DecisionRecord, LangGraphTarget
@@ -210,9 +211,8 @@ def translate(exc: Exception, operation: str) -> ConnectorError:
         status = exc.response.status_code
         message = _message(exc.response)
         if status == 429:
-            retry_after = exc.response.headers.get("retry-after")
             return RateLimitedError(message, status=status, operation=operation,
-                                    retry_after=float(retry_after) if retry_after and retry_after.isdecimal() else None)
+                                    retry_after=retry_after_seconds(exc.response.headers.get("retry-after")))
         if status >= 500:
             return RetryableError(message, status=status, operation=operation)
         if status in (401, 403):

@@ -30,6 +30,7 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
     WebhookVerificationError,
 )
 from .signing import check_timestamp, hmac_sha256_hex, verify_signature
@@ -69,7 +70,7 @@ def translate_error(exc: BaseException, *, operation: str) -> ConnectorError:
             message = str(exc)[:200]  # the library's own lookups, e.g. "Issue type 'X' is unknown."
         return PermanentError(f"Jira client error: {message}", operation=operation)
     if status == 429:
-        retry_after = _retry_after(response)
+        retry_after = retry_after_seconds((getattr(response, "headers", None) or {}).get("Retry-After"))
         return RateLimitedError("rate limited by Jira", retry_after=retry_after, status=status, operation=operation)
     if status >= 500:
         return RetryableError(message, status=status, operation=operation)
@@ -78,14 +79,6 @@ def translate_error(exc: BaseException, *, operation: str) -> ConnectorError:
     if status == 404:
         return RemoteNotFoundError(message, status=status, operation=operation)
     return PermanentError(message, status=status, operation=operation)
-
-
-def _retry_after(response: Any) -> float | None:
-    value = (getattr(response, "headers", None) or {}).get("Retry-After")
-    try:
-        return float(int(str(value).strip())) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -28,6 +28,7 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
 )
 from .salesforce_auth import SalesforceConfig, login
 from .salesforce_webhooks import ACK_BODY, OBJECT_NAME as _OBJECT_NAME, RECORD_ID as _RECORD_ID
@@ -51,13 +52,6 @@ def _first_error(content: Any) -> tuple[str, str]:
     return "", ""
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def translate_error(exc: Exception, operation: str, *, retry_after: str | None = None) -> ConnectorError:
     """The one place library exceptions and HTTP statuses become ``connectors.errors``."""
     if isinstance(exc, ConnectorError):
@@ -71,12 +65,12 @@ def translate_error(exc: Exception, operation: str, *, retry_after: str | None =
         if isinstance(code, int):  # not a SOAP fault: an HTTP error page or our own JSON
             status, message = code, "login endpoint answered without a SOAP fault"
             if status == 429:
-                return RateLimitedError(message, retry_after=_retry_after(retry_after), status=status, operation=operation)
+                return RateLimitedError(message, retry_after=retry_after_seconds(retry_after), status=status, operation=operation)
             if status >= 500:
                 return RetryableError(message, status=status, operation=operation)
             return AuthError(message, status=status, operation=operation)
         if code in _RATE_CODES:
-            return RateLimitedError(f"login refused: {code}", retry_after=_retry_after(retry_after), operation=operation)
+            return RateLimitedError(f"login refused: {code}", retry_after=retry_after_seconds(retry_after), operation=operation)
         if code in _RETRY_CODES:
             return RetryableError(f"login failed: {code}", operation=operation)
         return AuthError(f"login refused: {code}: {message}", operation=operation)
@@ -85,7 +79,7 @@ def translate_error(exc: Exception, operation: str, *, retry_after: str | None =
         code, message = _first_error(exc.content)
         text = f"{code}: {message}" if code else f"Salesforce error on {exc.resource_name or 'request'}"
         if status == 429 or code in _RATE_CODES:
-            return RateLimitedError(text, retry_after=_retry_after(retry_after), status=status, operation=operation)
+            return RateLimitedError(text, retry_after=retry_after_seconds(retry_after), status=status, operation=operation)
         if status in (401, 403):
             return AuthError(text, status=status, operation=operation)
         if status == 404:

@@ -34,6 +34,7 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
     WebhookVerificationError,
 )
 from .signing import check_timestamp, hmac_sha256_b64, verify_signature
@@ -76,7 +77,7 @@ def translate(exc: Exception, operation: str) -> ConnectorError:
         status = response.status_code
         message = _short_message(response)
         if status == 429:
-            return RateLimitedError(message, retry_after=_retry_after(response), status=status, operation=operation)
+            return RateLimitedError(message, retry_after=retry_after_seconds(response.headers.get("Retry-After")), status=status, operation=operation)
         if status in (401, 403):
             return AuthError(message, status=status, operation=operation)
         if status == 404:
@@ -107,13 +108,6 @@ def _short_message(response: requests.Response) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or response.reason or f"HTTP {response.status_code}")[:200]
-
-
-def _retry_after(response: requests.Response) -> int | None:
-    try:
-        return max(0, int(float(response.headers.get("Retry-After", ""))))
-    except ValueError:
-        return None
 
 
 def _parse_time(text: str | None) -> datetime | None:

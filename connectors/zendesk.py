@@ -39,6 +39,7 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
 )
 from .zendesk_webhooks import RECOMMENDED_WEBHOOK_BODY, ensure_webhook_and_trigger, parse_webhook
 from .zendesk_webhooks import parse_time as _parse_time
@@ -94,12 +95,7 @@ class _RateLimited(Exception):
 def _raise_on_429(response: requests.Response, *args: Any, **kwargs: Any) -> None:
     if response.status_code == 429:
         _close_response(response)
-        value = response.headers.get("Retry-After")
-        try:
-            retry_after = float(value) if value is not None else None
-        except ValueError:
-            retry_after = None
-        raise _RateLimited(int(retry_after) if retry_after is not None and retry_after.is_integer() else retry_after)
+        raise _RateLimited(retry_after_seconds(response.headers.get("Retry-After")))
 
 
 def _short_message(response: requests.Response | None) -> str:

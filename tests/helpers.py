@@ -24,13 +24,15 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Recorder:
-    """Records every request; answers with ``status`` (and ``body``), which tests may change."""
+    """Records every request; answers with ``status`` (``body``, ``headers``), which tests may change."""
 
     status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b'{"ok": true}'
     content_type: str = "application/json"
     delay: float = 0.0  # seconds to hold each answer after recording the request (crash tests)
@@ -44,7 +46,7 @@ class Recorder:
             self.requests.append(Recorded(request.method, request.url.path, dict(request.headers), body))
         if self.delay:
             await asyncio.sleep(self.delay)
-        return Response(self.body, status_code=self.status, media_type=self.content_type)
+        return Response(self.body, status_code=self.status, media_type=self.content_type, headers=self.headers)
 
     def start(self) -> "Recorder":
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])

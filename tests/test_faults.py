@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 from sqlalchemy import select
@@ -113,6 +115,27 @@ def test_a_first_attempt_creates_the_ticket_without_searching_and_a_retry_finds_
         tickets = [t for t in jira.list_tickets() if f"hitl-{lost['id']}" in (t["fields"].get("labels") or [])]
         assert [t["key"] for t in tickets] == [opened["ticket"]["key"]]
         assert "ticket.created" in bridge.audit_kinds(lost["id"])
+    finally:
+        bridge.stop()
+
+
+def test_an_agent_that_asks_to_wait_until_a_date_is_called_back_then(tmp_path):
+    """Retry-After may be an HTTP-date (RFC 9110) as well as seconds: the retry waits for it,
+    not for the harness's 0.2 s backoff."""
+    bridge = Bridge(tmp_path).start()
+    try:
+        review = bridge.submit()
+        key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+        bridge.callbacks.status = 429
+        later = datetime.now(timezone.utc) + timedelta(seconds=4)
+        bridge.callbacks.headers = {"Retry-After": format_datetime(later, usegmt=True)}
+        bridge.act("jira", key, "approve")
+        wait_for(lambda: bridge.callbacks_for(review["id"]), what="the first callback")
+        bridge.callbacks.status, bridge.callbacks.headers = 200, {}
+        bridge.wait_review(review["id"], lambda r: r["delivery"]["state"] == "delivered", what="the retried callback")
+        first, second = bridge.callbacks_for(review["id"])[:2]
+        assert second.at - first.at > 2.5
+        assert bridge.review(review["id"])["delivery"]["attempts"] == 2
     finally:
         bridge.stop()
 

@@ -58,7 +58,7 @@ class Fault(BaseModel):
 
     status: int = 500
     times: int = 1
-    retry_after: int | None = None
+    retry_after: int | str | None = None  # seconds, or an HTTP-date (RFC 9110)
     method: str | None = None
     path_prefix: str | None = None
     hang_ms: int = Field(default=0, ge=0)
@@ -186,7 +186,7 @@ class Emulator:
         """The vendor's REST API as Starlette routes (or a single Mount)."""
         raise NotImplementedError
 
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         """An error in the vendor's own shape."""
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -160,7 +160,7 @@ class LangSmithEmulator(Emulator):
     def act(self, act) -> dict[str, Any]:
         raise ValueError("LangSmith has no tickets to act on")
 
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 

@@ -549,7 +549,7 @@ class ZendeskEmulator(Emulator):
         (a 404 for a ticket the receiver does not know is not sent again)."""
         return response.status_code not in (409, 429)
 
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         if status == 429:
             return JSONResponse({"error": "APIRateLimitExceeded", "description": message}, status_code=429, headers=headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from connectors.errors import (
     RemoteNotFoundError,
     RetryableError,
     WebhookVerificationError,
+    retry_after_seconds,
 )
 from helpers import ForwardProxy, wait_for
 
@@ -157,6 +160,15 @@ def test_rate_limit_is_classified_with_retry_after(system):
     assert system.connector.get_ticket(ref.key).ref.key == ref.key
 
 
+def test_retry_after_as_a_date_is_read_as_the_seconds_until_it(system):
+    ref = system.create()
+    later = datetime.now(timezone.utc) + timedelta(seconds=30)
+    system.emulator.settings.faults = [{"status": 429, "times": 1, "retry_after": format_datetime(later, usegmt=True)}]
+    with pytest.raises(RateLimitedError) as caught:
+        system.connector.get_ticket(ref.key)
+    assert 25 < caught.value.retry_after <= 30
+
+
 def test_server_error_is_retryable(system):
     ref = system.create()
     system.emulator.settings.faults = [{"status": 503, "times": 1}]
@@ -204,3 +216,15 @@ def test_errors_never_leak_secrets(system):
         if isinstance(value, str) and len(value) > 6:
             assert value not in str(caught.value)
     bad.close()
+
+
+@pytest.mark.parametrize("header, seconds", [
+    ("120", 120.0), (" 3 ", 3.0), ("1.5", 1.5), ("Sun, 06 Dec 2026 12:00:30 GMT", 30.0),
+    ("Sun, 06 Dec 2026 11:00:00 GMT", 0.0),  # a date gone by: at once
+    ("9" * 40, 86_400.0),  # a day at most: the retry's date arithmetic must not overflow
+    (None, None), ("", None), ("-1", None), ("\u00b2", None), ("1e400", None), ("NaN", None), ("soon", None),
+    ("Sun, 06 Dec 2026 99:00:00 GMT", None),
+])
+def test_retry_after_headers_are_read_as_rfc_9110_says(header, seconds):
+    now = datetime(2026, 12, 6, 12, 0, 0, tzinfo=timezone.utc)
+    assert retry_after_seconds(header, now=now) == seconds

@@ -211,7 +211,7 @@ class JiraEmulator(JiraModel, Emulator):
                              "total": len(matches), "issues": page})
 
     # ----- uniform hooks -------------------------------------------------------
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         headers = {}
         if retry_after is not None:
             headers = {"Retry-After": str(retry_after), "X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0",

@@ -231,7 +231,7 @@ class SalesforceEmulator(LoginRoutes, Notifications, Emulator):
             Route("/_emulator/salesforce", self._control, methods=["GET", "POST"]),
         ]
 
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return _errors(status, _ERROR_CODES.get(status, "UNKNOWN_EXCEPTION"), message, **headers)
 

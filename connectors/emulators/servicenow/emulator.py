@@ -271,7 +271,7 @@ class ServiceNowEmulator(Emulator):
             ]
         return routes
 
-    def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> Response:
+    def error_response(self, status: int, message: str, *, retry_after: int | str | None = None) -> Response:
         details = {
             401: ("User Not Authenticated", "Required to provide Auth information"),
             404: ("No Record found", "Record doesn't exist or ACL restricts the record retrieval"),
@@ -282,7 +282,8 @@ class ServiceNowEmulator(Emulator):
             title, detail = "Internal Server Error", message
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         if status == 429:
-            headers |= {"X-RateLimit-Limit": "100", "X-RateLimit-Reset": str(int(time.time()) + (retry_after or 60))}
+            wait = retry_after if isinstance(retry_after, int) else 60  # an HTTP-date's reset: the hour's default
+            headers |= {"X-RateLimit-Limit": "100", "X-RateLimit-Reset": str(int(time.time()) + wait)}
         return JSONResponse({"error": {"message": title, "detail": detail}, "status": "failure"},
                             status_code=status, headers=headers)
 
