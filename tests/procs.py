@@ -49,8 +49,17 @@ class Proc:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
+        """Until the process answers ready; fails at once, with its log's end, if it exits
+        (for example when another test's server took its port: then whatever answers on
+        the port must not be taken for it)."""
         if self.kind == "serve":
-            wait_for(lambda: _ready(self.url), timeout=timeout, what=f"{self.log.name} to become ready")
+            wait_for(lambda: self._alive() and _ready(self.url), timeout=timeout, what=f"{self.log.name} to become ready")
+
+    def _alive(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise AssertionError(f"{self.log.name} exited with {self.process.returncode} before it was ready:\n{tail}")
+        return True
 
     @property
     def running(self) -> bool:
