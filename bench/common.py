@@ -362,6 +362,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all this machine's CPUs so far (``/proc/stat``): the
+    share busy over a phase says whether the machine itself ran out of CPU."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
 class WorkerProcess:
     """``hitl-bridge worker`` in a child process (no HTTP: it is ready when jobs move)."""
 

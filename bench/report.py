@@ -38,10 +38,14 @@ def markdown(report: dict[str, Any]) -> str:
                        f"Worker concurrency {r['worker_concurrency']}; callback hop (subtracted) p50 {r['callback_hop_p50_ms']} ms.\n\n")
             out.append(_table(
                 ["layout", "emulator ms", "webhooks/s", "webhooks", "ack p50", "ack p99", "to callback p50", "to callback p99",
-                 "bridge share p50", "bridge share p99", "missing", "bridge CPU ms / webhook"],
+                 "bridge share p50", "bridge share p99", "missing", "bridge CPU ms / webhook", "bench CPU ms / webhook",
+                 "machine busy %"],
                 [[x.get("layout", "worker in-process"), x["emulator_latency_ms"], x["rate_per_s"], x["webhooks"], x["ack"]["p50_ms"], x["ack"]["p99_ms"],
                   x["webhook_to_callback"]["p50_ms"], x["webhook_to_callback"]["p99_ms"], x["bridge_share"]["p50_ms"],
-                  x["bridge_share"]["p99_ms"], x["callbacks_missing"], x.get("bridge_cpu_ms_per_webhook")] for x in r["rows"]]))
+                  x["bridge_share"]["p99_ms"], x["callbacks_missing"], x.get("bridge_cpu_ms_per_webhook"),
+                  x.get("bench_cpu_ms_per_webhook"), x.get("machine_busy_pct")] for x in r["rows"]]))
+            out.append("\n*Bench CPU* is the bench's own process (sender, emulator, callback receiver); *machine busy* is "
+                       "all CPUs of the machine over the phase (the database server and other work included).\n")
         if "upstream" in results:
             r = results["upstream"]
             slow = f"upstream_{r['latency_ms']}ms"

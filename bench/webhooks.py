@@ -14,6 +14,7 @@ included), so the bridge's own share of a review is
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .common import (
     closed_loop,
     count_rows,
     cpu_seconds,
+    machine_jiffies,
     open_loop,
     percentile,
     review_body,
@@ -126,13 +128,15 @@ def _run_layout(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, serv
             upstream.configure(latency_ms=latency)
             time.sleep(0.5)
             pids = [bridge.pid] + [p.pid for p in processes]
-            cpu_before = sum(cpu_seconds(pid) for pid in pids)
+            cpu_before, own_before, machine_before = sum(cpu_seconds(pid) for pid in pids), cpu_seconds(os.getpid()), machine_jiffies()
             since = time.monotonic()
             sent_at, acks, statuses = open_loop(f"{bridge.url}/v1/webhooks/jira", items, rate=rate)
             sent_seconds = time.monotonic() - since
             ids = [review_id for review_id, _ in batch]
             wait_until(lambda: all(i in callbacks.received for i in ids), timeout=60 + count / 10, interval=0.1)
             cpu_ms = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) * 1000 / count  # its comments may still be running
+            bench_cpu_ms = (cpu_seconds(os.getpid()) - own_before) * 1000 / count  # sender, emulator, callback receiver
+            busy_ticks, all_ticks = (now - before for now, before in zip(machine_jiffies(), machine_before))
             spent = upstream.timing.by_issue(since)
             end_to_end, own = [], []
             for review_id, ticket_key in batch:
@@ -149,6 +153,8 @@ def _run_layout(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, serv
                 "ack": summary(acks), "ack_statuses": {str(k): v for k, v in sorted(statuses.items())},
                 "webhook_to_callback": summary(end_to_end), "bridge_share": summary(own),
                 "callbacks_missing": count - len(end_to_end), "bridge_cpu_ms_per_webhook": round(cpu_ms, 1),
+                "bench_cpu_ms_per_webhook": round(bench_cpu_ms, 1),
+                "machine_busy_pct": round(100 * busy_ticks / all_ticks, 1) if all_ticks else None,
             }
             rows.append(row)
             say(f"webhooks ({row['layout']}) {latency} ms @ {rate}/s: ack p99 {row['ack']['p99_ms']} ms, to callback p99 "

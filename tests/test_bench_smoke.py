@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_command_writes_results(tmp_path: Path):
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "scale", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--tiny", "--only", "webhooks,scale", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -21,4 +21,9 @@ def test_bench_command_writes_results(tmp_path: Path):
     sqlite = report["backends"]["sqlite"]
     assert [row["stored_reviews"] for row in sqlite["scale"]["rows"]] == [300, 600]
     assert sqlite["memory"]["open_reviews"] == 20
-    assert "| stored reviews |" in result.with_suffix(".md").read_text()
+    [webhooks] = sqlite["webhooks"]["rows"]
+    assert webhooks["callbacks_missing"] == 0 and webhooks["ack_statuses"] == {"202": webhooks["webhooks"]}
+    assert webhooks["bridge_cpu_ms_per_webhook"] > 0 and webhooks["bench_cpu_ms_per_webhook"] > 0
+    assert 0 < webhooks["machine_busy_pct"] <= 100
+    markdown = result.with_suffix(".md").read_text()
+    assert "| stored reviews |" in markdown and "machine busy %" in markdown
