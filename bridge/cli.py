@@ -488,7 +488,7 @@ def reviews_reverse(
             typer.echo(f"error: invalid decision: {exc.errors()[0]['msg']}", err=True)
             raise typer.Exit(2) from None
         row = reversal.reverse(session, review_id, new, reason=reason.strip(), actor=_operator(),
-                               max_attempts=settings.worker.max_attempts)
+                               max_attempts=settings.worker.max_attempts, langsmith=settings.langsmith is not None)
         out = {"id": row.id, "status": row.status, "version": row.decision["version"]}
     typer.echo(json.dumps(out))
 

@@ -11,7 +11,9 @@ LangSmith delays work and loses none:
   run, idempotent on the run id.
 * Every decision on a review with a run id queues ``langsmith_feedback``: ``create_feedback``
   on the run and, for edits, one example in the corrections dataset. Both writes use ids
-  derived from the review, so a retried job never doubles them.
+  derived from the review, so a retried job never doubles them. An admin's reversal queues
+  it again: the run's feedback is updated to the new verdict (one verdict per run, not an
+  average of both), the earlier correction is removed and the new one, if any, added.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def _connector(api_url: str, api_key: str | None, web_url: str | None, timeout: 
 def connector_for(settings: LangSmithSettings) -> LangSmithConnector:
     key = settings.api_key.get_secret_value() if settings.api_key else None
     return _connector(settings.api_url, key, settings.web_url, settings.timeout_seconds)
+
+
+def example_id(review_id: str, part: str, version: int) -> str:
+    """The corrections example a decision's version adds (the first keeps its original id)."""
+    return stable_id(review_id, "correction", part, *([f"v{version}"] if version > 1 else []))
 
 
 # ----- the reviewer's view of a run --------------------------------------------------------
@@ -202,28 +209,36 @@ class LangSmithJobs:
             return self.worker._finish(job)
         record = DecisionRecord.model_validate(job.payload["decision"])
         shadow = job.dedupe_key.endswith(":shadow")
+        if not shadow and record.version < (review.decision or {}).get("version", 1):
+            return self.worker._finish(job)  # reversed since it was queued: the new version's job says that
         kind = overall_type(record.decisions)
         messages = [d.message for d in record.decisions if d.message] or ([record.reason] if record.reason else [])
         correction = corrected_output(request, record)
         connector = connector_for(settings)
         run = connector.read_run(request.langsmith.run_id, with_tools=False)
         part = "shadow" if shadow else "decision"
+        feedback_id, comment = stable_id(review.id, "feedback", part), "\n\n".join(messages) or None
         created = connector.create_feedback(
             run,
-            feedback_id=stable_id(review.id, "feedback", part),
+            feedback_id=feedback_id,
             key=settings.feedback_key,
             score=getattr(settings.scores, kind),
             value=kind,
             correction=correction,
-            comment="\n\n".join(messages) or None,
+            comment=comment,
             source_info=source_info(review, record, public_url=self.rt.settings.public_url, shadow=shadow),
         )
+        if not created and record.version > 1:  # a reversal: the run keeps one verdict, the last
+            connector.update_feedback(feedback_id, score=getattr(settings.scores, kind), value=kind,
+                                      correction=correction, comment=comment)
+        # an earlier version's correction no longer stands (deleted as it is found)
+        removed = [e for e in (example_id(review.id, part, v) for v in range(1, record.version)) if connector.delete_example(e)]
         example = None
         if correction is not None:
             dataset_id = connector.ensure_dataset(
                 settings.corrections_dataset, description="Agent outputs corrected by human reviewers (hitl-bridge)."
             )
-            example = stable_id(review.id, "correction", part)
+            example = example_id(review.id, part, record.version)
             connector.create_example(
                 dataset_id,
                 example_id=example,
@@ -237,7 +252,8 @@ class LangSmithJobs:
 
         def apply(session, row: Review) -> None:
             audit.record(session, "langsmith.feedback", actor="bridge", review_id=row.id, run_id=run.id, key=settings.feedback_key,
-                         value=kind, already_there=not created, example_id=example, shadow=shadow)
+                         value=kind, already_there=not created, example_id=example, shadow=shadow, version=record.version,
+                         examples_removed=removed)
 
         self.worker._finish(job, apply)
 

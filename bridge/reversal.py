@@ -5,7 +5,8 @@ and a reason. In one transaction the review's decision becomes the new one with 
 ``version``, the audit trail records ``decision.reversed`` with the decision before and
 after, and the outbox gets the new version's delivery (a callback with its own
 ``webhook-id``, or a LangGraph resume the worker declines if the thread was resumed
-already), a comment on the ticket, and the customer reply if the new decision approves one.
+already), a comment on the ticket, the customer reply if the new decision approves one, and
+LangSmith feedback for a review with a run (``langsmith.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .decide import check_decisions, overall_type
 from .errors import BridgeError, ConflictError, NotFoundError
 from .models import Review
 from .retention import PURGED_TITLE
-from .reviews import COMMENT, DELIVER, POST_REPLY, _ticket_out, final_reply, to_out
+from .reviews import COMMENT, DELIVER, LANGSMITH_FEEDBACK, POST_REPLY, _ticket_out, final_reply, to_out
 from .runtime import Runtime
 from .schemas import DECIDED, STATUS_FOR_DECISION, Decision, DecisionRecord, DecisionReversal, Reviewer, ReviewOut, ReviewRequest, Status
 
@@ -31,10 +32,12 @@ class InvalidDecisionError(BridgeError):
 
 
 def reverse(
-    session: Session, review_id: str, decisions: list[Decision], *, reason: str, actor: str, max_attempts: int = 12
+    session: Session, review_id: str, decisions: list[Decision], *, reason: str, actor: str, max_attempts: int = 12,
+    langsmith: bool = False,
 ) -> Review:
     """Replace a decided review's decision with a new version (see the module's docstring).
-    404 for an unknown review, 409 for one not decided, 422 for a decision that does not fit."""
+    404 for an unknown review, 409 for one not decided, 422 for a decision that does not fit.
+    ``langsmith``: LangSmith is configured, so a review with a run hears the new verdict."""
     review = session.get(Review, review_id, with_for_update=True)
     if review is None:
         raise NotFoundError(f"no review {review_id!r}")
@@ -79,6 +82,9 @@ def reverse(
         if reply is not None:
             outbox.enqueue(session, review.id, POST_REPLY, dedupe_key=f"{POST_REPLY}:{review.id}:v{version}",
                            payload={"body": reply}, max_attempts=max_attempts)
+    if langsmith and request.langsmith and request.langsmith.run_id:
+        outbox.enqueue(session, review.id, LANGSMITH_FEEDBACK, dedupe_key=f"{LANGSMITH_FEEDBACK}:{review.id}:decision:v{version}",
+                       payload={"decision": review.decision}, max_attempts=max_attempts)
     if review.ticket_key:
         body = (f"hitl-bridge: the decision was reversed by {actor} ({status_before} -> {review.status}, "
                 f"version {version}). Reason: {reason}")
@@ -89,7 +95,7 @@ def reverse(
 def reverse_review(rt: Runtime, review_id: str, body: DecisionReversal, *, actor: str) -> ReviewOut:
     with rt.db.transaction() as session:
         review = reverse(session, review_id, body.decisions, reason=body.reason, actor=actor,
-                         max_attempts=rt.settings.worker.max_attempts)
+                         max_attempts=rt.settings.worker.max_attempts, langsmith=rt.settings.langsmith is not None)
         out = to_out(session, review)
     rt.wake()
     rt.metrics.reviews.labels(out.status, out.route.name or "").inc()

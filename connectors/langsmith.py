@@ -30,6 +30,7 @@ from .errors import (
     RateLimitedError,
     RemoteNotFoundError,
     RetryableError,
+    retry_after_seconds,
 )
 
 log = logging.getLogger("connectors.langsmith")
@@ -119,11 +120,7 @@ def _status_of(exc: BaseException) -> int | None:
 
 def _retry_after(exc: BaseException) -> float | None:
     response = _response_of(exc)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    return retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
 
 
 def is_conflict(error: ConnectorError) -> bool:
@@ -229,6 +226,12 @@ class LangSmithConnector:
             raise
         return True
 
+    def update_feedback(self, feedback_id: str, *, score: float | None, value: Any, correction: Any,
+                        comment: str | None) -> None:
+        """Change feedback left before (a reversed decision): the run shows one verdict, the last."""
+        self._call("update_feedback", self.client.update_feedback, feedback_id, score=score, value=value,
+                   correction=correction, comment=comment)
+
     def ensure_dataset(self, name: str, *, description: str) -> str:
         """The dataset's id, creating it when missing (a concurrent create is fine too)."""
         try:
@@ -260,6 +263,15 @@ class LangSmithConnector:
             if is_conflict(exc):
                 return False
             raise
+        return True
+
+
+    def delete_example(self, example_id: str) -> bool:
+        """Remove an example; False when there was none with this id."""
+        try:
+            self._call("delete_example", self.client.delete_example, example_id)
+        except RemoteNotFoundError:
+            return False
         return True
 
 

@@ -6,6 +6,7 @@ the SDK as well."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx2
@@ -263,3 +264,57 @@ def test_feedback_arrives_after_a_langsmith_outage(bridge, sdk):
     with bridge.client("admin") as client:
         events = client.get("/v1/audit", params={"review_id": review["id"]}).json()["items"]
     assert [e["kind"] for e in events].count("langsmith.feedback") == 1
+
+
+def test_a_reversal_changes_the_runs_verdict_and_its_correction(bridge, sdk):
+    """One verdict per run, the last: an admin's reversal updates the run's feedback in place
+    (not a second one averaged with the first), and the corrections dataset keeps only the
+    correction that stands."""
+    edit = json.dumps({"answer": "Refund $500 to order A-100."})
+    root, review, _ = decide_on_jira(bridge, sdk, "edit", edit)
+    wait_for(lambda: len(list(sdk.list_examples(dataset_name=DATASET))) == 1, what="the edit's example")
+    action = review["decision"]["decisions"][0]["edited_action"]["name"]
+
+    def reverse(decision: dict, reason: str) -> None:
+        with bridge.client("admin") as client:
+            response = client.post(f"/v1/reviews/{review['id']}/decision", json={"decisions": [decision], "reason": reason})
+        assert response.status_code == 200, response.text
+
+    reverse({"type": "reject", "message": "Refunds are paused for this customer."}, "Fraud review")
+    wait_for(lambda: feedback_on(sdk, root.id)[0].value == "reject", timeout=20, what="the reversed verdict")
+    [item] = feedback_on(sdk, root.id)
+    assert item.score == 0 and item.correction is None and item.comment == "Refunds are paused for this customer."
+    wait_for(lambda: not list(sdk.list_examples(dataset_name=DATASET)), what="the withdrawn correction removed")
+
+    reverse({"type": "edit", "edited_action": {"name": action, "args": {"answer": "Refund $200 to order A-100."}}},
+            "Partial refund agreed")
+    example = wait_for(lambda: list(sdk.list_examples(dataset_name=DATASET)), timeout=20, what="the new correction")
+    assert [e.outputs for e in example] == [{"answer": "Refund $200 to order A-100."}]
+    [item] = feedback_on(sdk, root.id)
+    assert item.value == "edit" and item.score == 0.5 and item.correction == {"answer": "Refund $200 to order A-100."}
+    with bridge.client("admin") as client:
+        trail = client.get("/v1/audit", params={"review_id": review["id"]}).json()["items"]
+    sent = [e["data"] for e in trail if e["kind"] == "langsmith.feedback"]
+    assert [(e["version"], e["already_there"], len(e["examples_removed"])) for e in sent] == [(1, False, 0), (2, True, 1), (3, True, 0)]
+
+
+def test_a_decision_reversed_during_an_outage_reaches_langsmith_only_as_the_new_verdict(bridge, sdk):
+    root = trace_run(sdk)
+    review = submit_run(bridge, root.id, metadata={"queue": "jira"})
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    with httpx2.Client() as client:
+        client.post(f"{bridge.langsmith.url}/_emulator/config", json={"faults": [{"status": 503, "times": 1000}]})
+    bridge.act("jira", key, "reject", "Not during an outage.")
+    bridge.wait_status(review["id"], "rejected")
+    with bridge.client("admin") as client:
+        response = client.post(f"/v1/reviews/{review['id']}/decision",
+                               json={"decisions": [{"type": "approve"}], "reason": "Customer sent the receipt"})
+    assert response.status_code == 200, response.text
+    with httpx2.Client() as client:
+        client.post(f"{bridge.langsmith.url}/_emulator/config", json={"faults": []})
+    feedback = wait_for(lambda: feedback_on(sdk, root.id), timeout=20, what="feedback after the outage")
+    wait_for(lambda: bridge.audit_kinds(review["id"]).count("langsmith.feedback") == 1, what="the feedback job's audit")
+    time.sleep(1.0)  # the first version's job, if it were to write, would have by now
+    assert bridge.audit_kinds(review["id"]).count("langsmith.feedback") == 1  # the first version's job stood down
+    [item] = feedback_on(sdk, root.id)
+    assert item.value == "approve" and item.score == 1 and feedback[0].id == item.id

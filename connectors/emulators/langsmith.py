@@ -2,8 +2,8 @@
 
 Served over real HTTP so the real SDK ``Client`` talks to it unmodified: ``GET /info``,
 runs (``POST /runs``, ``PATCH /runs/{id}``, ``POST /runs/batch``, ``GET /runs/{id}``,
-``POST /runs/query``), the web app's run page (trace links), projects (``GET /sessions``), feedback (``POST/GET /feedback``),
-datasets (``POST/GET /datasets``) and examples (``POST/GET /examples``), in the SDK's own
+``POST /runs/query``), the web app's run page (trace links), projects (``GET /sessions``), feedback (``POST/GET /feedback``, ``PATCH /feedback/{id}``),
+datasets (``POST/GET /datasets``) and examples (``POST/GET /examples``, ``DELETE /examples/{id}``), in the SDK's own
 shapes (``langsmith.schemas``: Run, FeedbackCreate/Feedback, Dataset, Example).
 
 ``GET /info`` answers so that the SDK sends each call as one plain request: no multipart
@@ -174,11 +174,11 @@ class LangSmithEmulator(Emulator):
             Route("/runs/query", self._query_runs, methods=["POST"]),
             Route("/runs/{run_id}", self._run, methods=["GET", "PATCH"]),
             Route("/feedback", self._feedback, methods=["GET", "POST"]),
-            Route("/feedback/{feedback_id}", self._one_feedback, methods=["GET"]),
+            Route("/feedback/{feedback_id}", self._one_feedback, methods=["GET", "PATCH"]),
             Route("/datasets", self._datasets, methods=["GET", "POST"]),
             Route("/datasets/{dataset_id}", self._one_dataset, methods=["GET"]),
             Route("/examples", self._examples, methods=["GET", "POST"]),
-            Route("/examples/{example_id}", self._one_example, methods=["GET"]),
+            Route("/examples/{example_id}", self._one_example, methods=["GET", "DELETE"]),
             Route("/o/{tenant_id}/projects/p/{session_id}/r/{run_id}", self._run_page, methods=["GET"]),
             Route("/_emulator/rules/fire", self._fire_rule, methods=["POST"]),
             Route("/_emulator/state", self._state, methods=["GET"]),
@@ -320,8 +320,12 @@ class LangSmithEmulator(Emulator):
     async def _one_feedback(self, request: Request) -> Response:
         if (refused := self._refuse(request)) is not None:
             return refused
+        changes = await self._json(request) if request.method == "PATCH" else {}
         with self.lock:
             item = self.feedback.get(request.path_params["feedback_id"])
+            if item is not None and request.method == "PATCH":  # FeedbackUpdateSchema: these four, each optional
+                item.update({k: changes[k] for k in ("score", "value", "correction", "comment") if k in changes},
+                            modified_at=_now())
         return JSONResponse(item) if item else self.error_response(404, "Feedback not found")
 
     def _dataset_out(self, dataset: dict[str, Any]) -> dict[str, Any]:
@@ -402,6 +406,9 @@ class LangSmithEmulator(Emulator):
         if (refused := self._refuse(request)) is not None:
             return refused
         with self.lock:
+            if request.method == "DELETE":
+                example = self.examples.pop(request.path_params["example_id"], None)
+                return JSONResponse({}) if example else self.error_response(404, "Example not found")
             example = self.examples.get(request.path_params["example_id"])
         return JSONResponse(example) if example else self.error_response(404, "Example not found")
 
