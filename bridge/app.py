@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
+from . import __version__, versions
 from .config import Settings, get_settings
 from .errors import BridgeError
 from .migrate import upgrade
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             upgrade(settings.database_url)
         rt = runtime or Runtime(settings)
         stop_checkpoints = rt.db.checkpoint_in_background()
+        follower = versions.Follower(rt, settings.mappings_follow_seconds).start()
         rt.metrics.watch_queue(lambda: _depth(rt))
         app.state.runtime = rt
         worker = None
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 watcher.stop()
             if worker is not None:
                 worker.stop()
+            follower.stop()
             stop_checkpoints()
             if runtime is None:
                 rt.close()

@@ -102,7 +102,7 @@ def serve(
 @app.command("worker")
 def run_worker(config: ConfigOpt = None) -> None:
     """Run the worker alone (scale out next to API-only instances)."""
-    from . import logs
+    from . import logs, versions
     from .migrate import upgrade
     from .runtime import Runtime
     from .worker import Worker
@@ -113,6 +113,7 @@ def run_worker(config: ConfigOpt = None) -> None:
         upgrade(settings.database_url)
     runtime = Runtime(settings)
     stop_checkpoints = runtime.db.checkpoint_in_background()
+    follower = versions.Follower(runtime, settings.mappings_follow_seconds).start()  # it routes LangSmith runs
     worker = Worker(runtime)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -128,6 +129,7 @@ def run_worker(config: ConfigOpt = None) -> None:
     if watcher is not None:
         watcher.stop()
     worker.stop()
+    follower.stop()
     stop_checkpoints()
     runtime.close()
 

@@ -107,6 +107,9 @@ class Settings(BaseModel):
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1_048_576
     run_worker: bool = True
+    mappings_follow_seconds: float = Field(
+        default=5.0, ge=0, description="How often an instance takes up mapping saves made on other instances (0: never)."
+    )
     auto_migrate: bool = True
     log_level: str = "INFO"
     sandbox: bool = False

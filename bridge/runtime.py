@@ -31,6 +31,7 @@ class Runtime:
         self._connectors: list[Connector] = []  # every thread's, so close() releases their sockets
         self.wakeup = threading.Event()
         self.listening = threading.Event()  # this process's worker hears the database's NOTIFY (wakeups.Listener)
+        self.mapping_numbers: dict[str, int] = {}  # the saved version of each file this instance has caught up to
         self.reload()
 
     def reload(self) -> None:

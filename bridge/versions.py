@@ -5,7 +5,7 @@ admin page also records the full text, its author and the diff in ``mapping_vers
 any earlier state can be restored. A file changed on disk outside the bridge (a deploy, a
 ``git pull``) is recorded as a ``baseline`` version before the next save, so history never
 has a gap. Reviews keep the mapping snapshot they were rendered with: nothing here touches
-a review already open.
+a review already open. Every instance follows the saves made on the others (``catch_up``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -31,6 +32,7 @@ from .models import MappingVersion
 from .routing import Route, Router, parse_routes
 from .runtime import Runtime
 
+log = logging.getLogger("bridge.mappings")
 ROUTES = "routes"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _write_lock = threading.Lock()
@@ -235,6 +237,80 @@ def get_version(rt: Runtime, name: str, number: int) -> dict[str, Any]:
 def version_count(rt: Runtime, name: str) -> int:
     with rt.db.read() as session:
         return session.execute(select(func.count()).where(MappingVersion.name == name)).scalar_one()
+
+
+# ----- other instances' saves --------------------------------------------------------
+
+
+def catch_up(rt: Runtime) -> list[str]:
+    """Bring this instance's files up to the versions saved on any instance since it last
+    looked, then reload: instances sharing a database but each with its own ``mappings/``
+    (one per host) all route and render with what an admin saved on one of them.
+
+    A file that is an earlier saved version (or missing: a mapping created elsewhere) is
+    replaced by the latest. A file no version has (a deploy, a hand edit on this host) is
+    newer than the history: it stays, as it would for a save here, which records it as a
+    baseline first. The names brought up to date."""
+    with rt.db.read() as session:
+        latest = dict(session.execute(
+            select(MappingVersion.name, func.max(MappingVersion.number)).group_by(MappingVersion.name)).all())
+    new = {name: number for name, number in latest.items() if rt.mapping_numbers.get(name) != number}
+    if not new:
+        return []
+    written: list[tuple[Path, str | None]] = []
+    with _write_lock, rt.db.read() as session:
+        for name, number in new.items():
+            path = path_for(rt, name)
+            versions = session.execute(select(MappingVersion.number, MappingVersion.etag)
+                                       .where(MappingVersion.name == name)).all()
+            current = path.read_text() if path.exists() else None
+            known = current is None or etag(current) in {v.etag for v in versions}
+            newest = next(v for v in versions if v.number == number)
+            if known and (current is None or etag(current) != newest.etag):
+                text = session.execute(select(MappingVersion.text).where(
+                    MappingVersion.name == name, MappingVersion.number == number)).scalar_one()
+                _write_atomically(path, text)
+                written.append((path, current))
+            elif not known:
+                log.warning("mapping.kept_local", extra={"mapping": name, "saved_version": number})
+            rt.mapping_numbers[name] = number
+        try:
+            rt.reload()
+        except Exception:  # a version this host cannot load (a connection it lacks): keep what it had
+            log.exception("mapping.follow_failed", extra={"mappings": sorted(new)})
+            for path, text in written:
+                _restore_file(path, text)
+            rt.reload()
+            return []
+    return [path.stem for path, _ in written]
+
+
+class Follower:
+    """``catch_up`` at start and every ``every_seconds`` in a thread of its own."""
+
+    def __init__(self, rt: Runtime, every_seconds: float):
+        self.rt, self.every = rt, every_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mapping-follower", daemon=True)
+
+    def start(self) -> "Follower":
+        if self.every > 0:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                catch_up(self.rt)
+            except Exception:  # e.g. the database restarting: the next round tries again
+                log.exception("mapping.follow_failed")
+            if self._stop.wait(self.every):
+                return
 
 
 # ----- helpers ----------------------------------------------------------------------

@@ -4,12 +4,18 @@ can be restored; saves reload without a restart; reviews already open are not af
 
 from __future__ import annotations
 
+import shutil
 
+import httpx2
 import pytest
 import yaml
 
 from bridge import file_schema
-from harness import ROOT, Bridge
+from bridge.app import create_app
+from bridge.runtime import Runtime
+from connectors.emulators.base import serve
+from harness import KEYS, ROOT, Bridge
+from helpers import wait_for
 
 
 @pytest.fixture
@@ -246,3 +252,56 @@ def test_schema_is_generated_published_and_committed(bridge):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "x", "connection": "jira", "ticket": {}, "decision": {"values": {"A": "maybe"}}},
                             file_schema.schema("mapping"))
+
+
+def test_a_save_on_one_instance_reaches_every_other(bridge, tmp_path):
+    """Instances that share the database, each with its own mappings/ (one per host): a save
+    on one is taken up by the others, which route and render with it; a file a deploy put
+    on a host, which no save made, stays there."""
+    host_b = tmp_path / "host-b"
+    shutil.copytree(bridge.mappings_dir, host_b)
+    rt_b = Runtime(bridge.settings.model_copy(update={"mappings_dir": host_b, "mappings_follow_seconds": 0.1}))
+    b = serve(create_app(runtime=rt_b, start_worker=False), name="bridge-b")
+    try:
+        text, etag = read(bridge)
+        changed = text.replace('summary: "[AI review] {{', 'summary: "[Needs a human] {{')
+        saved = put(bridge, changed, etag).json()
+        wait_for(lambda: rt_b.mappings["jira_review"].version == saved["version"], what="the save to reach instance B")
+        assert (host_b / "jira_review.yaml").read_text() == changed
+        with httpx2.Client(base_url=b.url, headers={"Authorization": f"Bearer {KEYS['agent']}"}) as client:
+            response = client.post("/v1/reviews", json=bridge.review_body(title="Through B"))
+        assert response.status_code == 201, response.text
+        ticket = bridge.wait_ticket(response.json()["id"])["ticket"]
+        assert bridge.ticket("jira", ticket["key"])["title"] == "[Needs a human] Through B"
+
+        deployed = changed.replace("labels: [ai-review]", "labels: [deployed-on-b]")
+        (host_b / "jira_review.yaml").write_text(deployed)  # a deploy on host B only
+        again = put(bridge, changed.replace("[Needs a human]", "[Human]"), read(bridge)[1]).json()
+        wait_for(lambda: rt_b.mapping_numbers.get("jira_review") == again["number"], what="instance B to look again")
+        assert (host_b / "jira_review.yaml").read_text() == deployed
+    finally:
+        b.stop()
+        rt_b.close()
+
+
+def test_a_save_another_instance_cannot_load_leaves_it_as_it_was(tmp_path):
+    """Instance B has no ServiceNow connection: a ServiceNow mapping saved on A is not taken up
+    there (its files and mappings stay as they were), and B goes on serving."""
+    a = Bridge(tmp_path, vendors=("jira", "servicenow")).start()
+    host_b = tmp_path / "host-b"
+    shutil.copytree(a.mappings_dir, host_b, ignore=shutil.ignore_patterns("servicenow_review.yaml"))
+    settings_b = a.settings.model_copy(update={"mappings_dir": host_b, "mappings_follow_seconds": 0.1,
+                                               "connections": {"jira": a.settings.connections["jira"]}})
+    rt_b = Runtime(settings_b)
+    b = serve(create_app(runtime=rt_b, start_worker=False), name="bridge-b")
+    try:
+        text, etag = read(a, "servicenow_review")
+        saved = put(a, text.replace("[AI review]", "[Human]"), etag, "servicenow_review").json()
+        wait_for(lambda: rt_b.mapping_numbers.get("servicenow_review") == saved["number"], what="instance B to look")
+        assert not (host_b / "servicenow_review.yaml").exists() and set(rt_b.mappings) == {"jira_review"}
+        with httpx2.Client(base_url=b.url, headers={"Authorization": f"Bearer {KEYS['agent']}"}) as client:
+            assert client.post("/v1/reviews", json=a.review_body()).status_code == 201
+    finally:
+        b.stop()
+        rt_b.close()
+        a.stop()
