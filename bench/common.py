@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,7 +439,7 @@ class LoadResult:
 
 
 async def _closed_loop(url: str, path: str, bodies: list[bytes], *, concurrency: int, max_seconds: float,
-                       headers: dict[str, str], keep: bool) -> LoadResult:
+                       headers: dict[str, str], keep: bool, keyed: bool) -> LoadResult:
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     statuses: Counter = Counter()
@@ -458,7 +459,9 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes], *, concurrency:
                 sent = time.monotonic()
                 t0 = time.perf_counter()
                 try:
-                    response = await client.post(path, content=body)
+                    # the key bridge.client sends: a new one for each review (retries would reuse it)
+                    extra = {"idempotency-key": f"bench-{next_index}-{uuid.uuid4().hex}"} if keyed else None
+                    response = await client.post(path, content=body, headers=extra)
                     status = response.status_code
                 except httpx2.HTTPError:
                     response, status = None, 599
@@ -475,12 +478,12 @@ async def _closed_loop(url: str, path: str, bodies: list[bytes], *, concurrency:
 
 
 def closed_loop(url: str, path: str, bodies: list[bytes], *, concurrency: int, max_seconds: float,
-                headers: dict[str, str] | None = None, keep: bool = False) -> LoadResult:
+                headers: dict[str, str] | None = None, keep: bool = False, keyed: bool = False) -> LoadResult:
     """``concurrency`` clients each sending the next body as soon as their last answer came,
-    until the bodies or ``max_seconds`` run out."""
+    until the bodies or ``max_seconds`` run out. ``keyed``: each with an Idempotency-Key of its own."""
     headers = {"content-type": "application/json", **(headers or {})}
     return asyncio.run(_closed_loop(url, path, bodies, concurrency=concurrency, max_seconds=max_seconds,
-                                    headers=headers, keep=keep))
+                                    headers=headers, keep=keep, keyed=keyed))
 
 
 async def _open_loop(url: str, items: list[tuple[str, bytes, dict[str, str]]], rate: float) -> tuple[dict[str, float], list[float], Counter]:

@@ -15,6 +15,7 @@ from .common import (AGENT_KEY, Callbacks, Database, LoadResult, Upstream, bridg
                      review_body, say, start_app, start_bridge)
 
 WARMUP = 100
+KEYED = " + Idempotency-Key"
 TURNS = 3
 """Baseline and bridge take turns at each concurrency (each turn a third of the time and
 requests), so the machine's drift over a run hits both alike."""
@@ -29,13 +30,15 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     bridge = start_bridge(bridge_settings(bridge_db.url, upstream, workdir), workdir, worker=False, name="intake-bridge")
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
+    keyed_at = 16 if 16 in concurrencies else concurrencies[-1]
 
-    def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1) -> tuple[LoadResult, float]:
+    def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1,
+                 keyed: bool = False) -> tuple[LoadResult, float]:
         """One turn of ``turns``: a closed loop with its share of the time and requests, and
         the server process's CPU seconds during it."""
         before = cpu_seconds(server.pid)
         result = closed_loop(server.url, "/v1/reviews", bodies(max_requests // turns), concurrency=concurrency,
-                             max_seconds=seconds / turns, headers=headers)
+                             max_seconds=seconds / turns, headers=headers, keyed=keyed)
         return result, cpu_seconds(server.pid) - before
 
     def row(concurrency: int, turns: list[tuple[LoadResult, float]]) -> dict[str, Any]:
@@ -55,13 +58,15 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         rows.append({"system": "ceiling (no-op POST)", "concurrency": 16, **ceiling.row()})
         for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
             closed_loop(server.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=headers)
-        for concurrency in concurrencies:
+        # Each concurrency without Idempotency-Key, then the middle one with a key on every
+        # request, as bridge.client sends (the baseline stores the key in the same column).
+        for concurrency, keyed in [(c, False) for c in concurrencies] + [(keyed_at, True)]:
             turns: dict[str, list] = {"baseline": [], "bridge": []}
             for _ in range(TURNS):
                 for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
-                    turns[name].append(measured(server, concurrency=concurrency, headers=headers, turns=TURNS))
+                    turns[name].append(measured(server, concurrency=concurrency, headers=headers, turns=TURNS, keyed=keyed))
             for name in turns:
-                rows.append({"system": name, **row(concurrency, turns[name])})
+                rows.append({"system": name + (KEYED if keyed else ""), **row(concurrency, turns[name])})
                 say(f"intake {name} c={concurrency}: {rows[-1]['ok_per_s']}/s p99 {rows[-1]['p99_ms']} ms, "
                     f"{rows[-1]['server_cpu_ms_per_request']} ms CPU a request")
     finally:
@@ -78,9 +83,9 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         for db in (base_db, bridge_db, worker_db):
             db.drop()
     ratios = {}
-    for concurrency in concurrencies:
-        base = next(r for r in rows if r["system"] == "baseline" and r["concurrency"] == concurrency)
-        ours = next(r for r in rows if r["system"] == "bridge" and r["concurrency"] == concurrency)
-        ratios[str(concurrency)] = round(ours["ok_per_s"] / base["ok_per_s"], 3) if base["ok_per_s"] else None
+    for concurrency, suffix in [(c, "") for c in concurrencies] + [(keyed_at, KEYED)]:
+        base = next(r for r in rows if r["system"] == "baseline" + suffix and r["concurrency"] == concurrency)
+        ours = next(r for r in rows if r["system"] == "bridge" + suffix and r["concurrency"] == concurrency)
+        ratios[f"{concurrency}{suffix}"] = round(ours["ok_per_s"] / base["ok_per_s"], 3) if base["ok_per_s"] else None
     return {"rows": rows, "bridge_over_baseline": ratios, "goal": "bridge >= 0.70 x baseline throughput",
             "met": all(r is not None and r >= 0.7 for r in ratios.values())}

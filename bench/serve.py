@@ -17,9 +17,9 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from sqlalchemy import insert
 
@@ -45,14 +45,14 @@ def baseline_app(database_url: str) -> FastAPI:
         return {"ok": True}
 
     @app.post("/v1/reviews", status_code=201)
-    def submit(body: dict[str, Any]) -> dict:
+    def submit(body: dict[str, Any], idempotency_key: Annotated[str | None, Header()] = None) -> dict:
         review_id = new_id("rev")
         now = utcnow()
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         with engine.begin() as connection:
             connection.execute(insert(REVIEWS).values(
                 id=review_id, created_at=now, updated_at=now, status="queued", title=str(body.get("title", ""))[:255],
-                request=body, api_key_name="agent", idempotency_key=None, request_hash=digest, route_reason="",
+                request=body, api_key_name="agent", idempotency_key=idempotency_key, request_hash=digest, route_reason="",
             ))
         return {"id": review_id, "status": "queued"}
 
