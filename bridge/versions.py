@@ -273,7 +273,6 @@ def catch_up(rt: Runtime) -> list[str]:
                 written.append((path, current))
             elif not known:
                 log.warning("mapping.kept_local", extra={"mapping": name, "saved_version": number})
-            rt.mapping_numbers[name] = number
         try:
             rt.reload()
         except Exception:  # a version this host cannot load (a connection it lacks): keep what it had
@@ -281,7 +280,8 @@ def catch_up(rt: Runtime) -> list[str]:
             for path, text in written:
                 _restore_file(path, text)
             rt.reload()
-            return []
+            written = []
+        rt.mapping_numbers.update(new)  # looked at: not tried again until the next save
     return [path.stem for path, _ in written]
 
 
