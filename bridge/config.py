@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from connectors import ConnectionConfig, config_for
 
 Scope = Literal["reviews:write", "reviews:read", "admin", "audit"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def hash_api_key(key: str) -> str:
@@ -98,7 +97,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     database_url: str = "sqlite:///hitl-bridge.db"
-    mappings_dir: Path = ROOT / "mappings"
+    mappings_dir: Path = Field(
+        default=Path("mappings"),
+        description="The mapping and routes files; a relative path is from the working directory "
+                    "(the repository for `make sandbox`, /app in the Docker image).",
+    )
     connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
     api_keys: list[ApiKey] = Field(default_factory=list)
     callback_secret: SecretStr = Field(

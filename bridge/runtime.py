@@ -35,7 +35,11 @@ class Runtime:
         self.reload()
 
     def reload(self) -> None:
-        mappings = load_mappings(self.settings.mappings_dir)
+        directory = self.settings.mappings_dir
+        if not directory.is_dir():  # without its routes the bridge would approve every review unasked
+            raise MappingError(f"mappings_dir {str(directory.resolve())!r} is not a directory: set mappings_dir "
+                               "in the config to the folder of mapping files and routes.yaml")
+        mappings = load_mappings(directory)
         for mapping in mappings.values():
             if mapping.connection not in self.settings.connections:
                 raise MappingError(
