@@ -29,9 +29,23 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Confi
 
 
 def _settings(config: Path | None):
+    """The settings, or a clear exit 2 naming the file and what is wrong in it."""
+    import yaml
+    from pydantic import ValidationError
+
     from .config import load_settings
 
-    return load_settings(config)
+    try:
+        return load_settings(config)
+    except OSError as exc:
+        message = f"cannot read the config file {exc.filename}: {exc.strerror}"
+    except yaml.YAMLError as exc:
+        message = f"the config file is not valid YAML: {exc}"
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+        message = f"the config is not valid: {problems}"
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @contextmanager
