@@ -48,6 +48,20 @@ def _settings(config: Path | None):
     raise typer.Exit(2)
 
 
+def _runtime(settings):
+    """The runtime, or a clear exit 2 when its mappings cannot be loaded (file, field, reason)."""
+    from .errors import MappingError
+    from .runtime import Runtime
+
+    try:
+        return Runtime(settings)
+    except MappingError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for detail in exc.details or []:
+            typer.echo(f"  {json.dumps(detail)}", err=True)
+        raise typer.Exit(2) from None
+
+
 @contextmanager
 def _transaction(url: str):
     """One transaction for a one-shot command; a BridgeError becomes a clear exit 1."""
@@ -89,7 +103,8 @@ def serve(
         settings = _settings(config)
     settings = settings.model_copy(update={"run_worker": worker and settings.run_worker})
     logs.configure(settings.log_level)
-    application = create_app(settings)
+    runtime = _runtime(settings)
+    application = create_app(settings, runtime=runtime)
     application.state.sandbox = info
     if info is not None:
         keys = info.api_keys
@@ -109,6 +124,7 @@ def serve(
     try:
         uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
     finally:
+        runtime.close()
         if info is not None:
             info.stop()
 
@@ -118,14 +134,13 @@ def run_worker(config: ConfigOpt = None) -> None:
     """Run the worker alone (scale out next to API-only instances)."""
     from . import logs, versions
     from .migrate import upgrade
-    from .runtime import Runtime
     from .worker import Worker
 
     settings = _settings(config)
     logs.configure(settings.log_level)
     if settings.auto_migrate:
         upgrade(settings.database_url)
-    runtime = Runtime(settings)
+    runtime = _runtime(settings)
     stop_checkpoints = runtime.db.checkpoint_in_background()
     follower = versions.Follower(runtime, settings.mappings_follow_seconds).start()  # it routes LangSmith runs
     worker = Worker(runtime)
