@@ -9,7 +9,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -48,18 +48,23 @@ def _settings(config: Path | None):
     raise typer.Exit(2)
 
 
+def _refuse_mappings(exc, label: str, code: int) -> NoReturn:
+    """Say what is wrong with the mapping files (each detail names file, field and reason), and exit."""
+    typer.echo(f"{label}: {exc.message}", err=True)
+    for detail in exc.details or []:
+        typer.echo(f"  {json.dumps(detail)}", err=True)
+    raise typer.Exit(code) from None
+
+
 def _runtime(settings):
-    """The runtime, or a clear exit 2 when its mappings cannot be loaded (file, field, reason)."""
+    """The runtime, or a clear exit 2 when its mappings cannot be loaded."""
     from .errors import MappingError
     from .runtime import Runtime
 
     try:
         return Runtime(settings)
     except MappingError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        for detail in exc.details or []:
-            typer.echo(f"  {json.dumps(detail)}", err=True)
-        raise typer.Exit(2) from None
+        _refuse_mappings(exc, "error", 2)
 
 
 @contextmanager
@@ -178,10 +183,7 @@ def mappings_validate(
         router = Router(load_routes(directory))
         router.check_mappings(mappings, set())
     except MappingError as exc:
-        typer.echo(f"invalid: {exc.message}", err=True)
-        for detail in exc.details or []:
-            typer.echo(f"  {json.dumps(detail)}", err=True)
-        raise typer.Exit(1) from None
+        _refuse_mappings(exc, "invalid", 1)
     typer.echo(f"ok: {len(mappings)} mappings, {len(router.routes)} routes")
 
 
@@ -202,8 +204,7 @@ def mappings_preview(
         request = ReviewRequest.model_validate_json(review.read_text())
         rendered = render_ticket(parsed, "rev_preview", request)
     except MappingError as exc:
-        typer.echo(f"invalid: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+        _refuse_mappings(exc, "invalid", 1)
     except ValueError as exc:
         typer.echo(f"invalid review: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -323,8 +324,7 @@ def doctor(
     try:
         reports = doctor_mod.run(settings)
     except MappingError as exc:
-        typer.echo(f"invalid mappings: {exc.message}", err=True)
-        raise typer.Exit(1) from None
+        _refuse_mappings(exc, "invalid mappings", 1)
     if as_json:
         typer.echo(json.dumps(doctor_mod.as_json(reports), indent=2))
     for report in reports if not as_json else ():
