@@ -24,6 +24,10 @@ def free_port() -> int:
     return port
 
 
+class PortTaken(Exception):
+    """The process could not bind its port: another server took it after it was picked."""
+
+
 class Proc:
     """One bridge process; ``start()`` again after ``kill()`` reuses its port."""
 
@@ -31,12 +35,15 @@ class Proc:
         self.config, self.log, self.kind, self.worker = config, log, kind, worker
         self.port = port or (free_port() if kind == "serve" else None)
         self.process: subprocess.Popen | None = None
+        self._ready_once = False  # until then, a port taken in the meantime is swapped for another
+        self._log_from = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *, wait: bool = True) -> "Proc":
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0
         command = [sys.executable, "-m", "bridge.cli", self.kind, "--config", str(self.config)]
         if self.kind == "serve":
             command += ["--port", str(self.port)] + ([] if self.worker else ["--no-worker"])
@@ -52,13 +59,27 @@ class Proc:
         """Until the process answers ready; fails at once, with its log's end, if it exits
         (for example when another test's server took its port: then whatever answers on
         the port must not be taken for it)."""
-        if self.kind == "serve":
-            wait_for(lambda: self._alive() and _ready(self.url), timeout=timeout, what=f"{self.log.name} to become ready")
+        if self.kind != "serve":
+            return
+        for _ in range(5):
+            try:
+                wait_for(lambda: self._alive() and _ready(self.url), timeout=timeout, what=f"{self.log.name} to become ready")
+            except PortTaken:  # picked free, then taken by another test's server before the child bound it
+                self.port = free_port()
+                self.start(wait=False)
+                continue
+            self._ready_once = True
+            return
+        raise AssertionError(f"{self.log.name}: five ports taken in a row")
 
     def _alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise AssertionError(f"{self.log.name} exited with {self.process.returncode} before it was ready:\n{tail}")
+            with open(self.log, "rb") as handle:
+                handle.seek(self._log_from)
+                tail = handle.read().decode(errors="replace")
+            if not self._ready_once and "address already in use" in tail:
+                raise PortTaken(self.port)
+            raise AssertionError(f"{self.log.name} exited with {self.process.returncode} before it was ready:\n{tail[-2000:]}")
         return True
 
     @property
