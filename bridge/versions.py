@@ -182,6 +182,7 @@ def save(
             raise ConflictError(
                 "someone saved this file at the same moment; reload and apply your change again", code="stale_etag"
             ) from None
+        rt.mapping_numbers[name] = number  # this instance is up to date with its own save: ``catch_up`` skips it
     return Saved(name=name, number=number, etag=etag(text), mapping_version=checked.mapping_version, diff=diff)
 
 
