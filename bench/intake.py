@@ -30,7 +30,9 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
     bridge = start_bridge(bridge_settings(bridge_db.url, upstream, workdir), workdir, worker=False, name="intake-bridge")
     auth = {"authorization": f"Bearer {AGENT_KEY}"}
     counter = iter(range(10**9))
-    keyed_at = 16 if 16 in concurrencies else concurrencies[-1]
+    # Each concurrency without Idempotency-Key, then the middle one with a key on every
+    # request, as bridge.client sends (the baseline stores the key in the same column).
+    pairs = [(c, "") for c in concurrencies] + [(16 if 16 in concurrencies else concurrencies[-1], KEYED)]
 
     def measured(server, *, concurrency: int, headers: dict[str, str], turns: int = 1,
                  keyed: bool = False) -> tuple[LoadResult, float]:
@@ -58,15 +60,13 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         rows.append({"system": "ceiling (no-op POST)", "concurrency": 16, **ceiling.row()})
         for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
             closed_loop(server.url, "/v1/reviews", bodies(WARMUP), concurrency=4, max_seconds=seconds, headers=headers)
-        # Each concurrency without Idempotency-Key, then the middle one with a key on every
-        # request, as bridge.client sends (the baseline stores the key in the same column).
-        for concurrency, keyed in [(c, False) for c in concurrencies] + [(keyed_at, True)]:
+        for concurrency, suffix in pairs:
             turns: dict[str, list] = {"baseline": [], "bridge": []}
             for _ in range(TURNS):
                 for name, server, headers in (("baseline", baseline, {}), ("bridge", bridge, auth)):
-                    turns[name].append(measured(server, concurrency=concurrency, headers=headers, turns=TURNS, keyed=keyed))
+                    turns[name].append(measured(server, concurrency=concurrency, headers=headers, turns=TURNS, keyed=bool(suffix)))
             for name in turns:
-                rows.append({"system": name + (KEYED if keyed else ""), **row(concurrency, turns[name])})
+                rows.append({"system": name + suffix, **row(concurrency, turns[name])})
                 say(f"intake {name} c={concurrency}: {rows[-1]['ok_per_s']}/s p99 {rows[-1]['p99_ms']} ms, "
                     f"{rows[-1]['server_cpu_ms_per_request']} ms CPU a request")
     finally:
@@ -83,7 +83,7 @@ def run(workdir: Path, upstream: Upstream, callbacks: Callbacks, *, server_url: 
         for db in (base_db, bridge_db, worker_db):
             db.drop()
     ratios = {}
-    for concurrency, suffix in [(c, "") for c in concurrencies] + [(keyed_at, KEYED)]:
+    for concurrency, suffix in pairs:
         base = next(r for r in rows if r["system"] == "baseline" + suffix and r["concurrency"] == concurrency)
         ours = next(r for r in rows if r["system"] == "bridge" + suffix and r["concurrency"] == concurrency)
         ratios[f"{concurrency}{suffix}"] = round(ours["ok_per_s"] / base["ok_per_s"], 3) if base["ok_per_s"] else None
