@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,9 @@ from bridge.app import create_app
 from bridge.config import ApiKey, Settings, WorkerSettings, hash_api_key
 from bridge.db import create_database, drop_database
 from connectors.emulators import EMULATORS, Act, start_emulator
-from connectors.emulators.base import RunningServer, free_socket, serve
+from connectors.emulators.base import RunningServer, serve
 from helpers import Recorder, wait_for
+from procs import Proc
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"agent": "agent-key-0123456789", "reader": "reader-key-0123456789", "admin": "admin-key-0123456789"}
@@ -122,7 +121,7 @@ class Bridge:
             worker=self.worker_settings,
         )
         self.server: RunningServer | None = None
-        self.process: subprocess.Popen | None = None
+        self.process = None  # a procs.Proc while start_process's bridge runs
         self.url = ""
 
     # ----- running the bridge ----------------------------------------------------------
@@ -153,34 +152,15 @@ class Bridge:
         return path
 
     def start_process(self) -> "Bridge":
-        """The bridge as a separate process (``hitl-bridge serve``), so a test can kill it.
-
-        The port is chosen free and then released for the child to bind; if another
-        process takes it in between, the child exits and we try another port."""
-        config = self.config_file()
-        for _ in range(5):
-            sock = free_socket()
-            port = sock.getsockname()[1]
-            sock.close()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config), "--port", str(port)],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.tmp_path / "bridge.log", "ab"),
-            )
-            url = f"http://127.0.0.1:{port}"
-            started = wait_for(lambda: self.process.poll() is not None or _ready(url), timeout=30,
-                               what="bridge process to become ready")
-            if self.process.poll() is None and started:
-                self._wire(url)
-                return self
-        raise AssertionError(f"bridge process did not start: {(self.tmp_path / 'bridge.log').read_text()[-2000:]}")
+        """The bridge as a separate process (``hitl-bridge serve``), so a test can kill it;
+        each start on a port of its own (``procs.Proc``: another if that one is taken)."""
+        self.process = Proc(self.config_file(), self.tmp_path / "bridge.log").start()
+        self._wire(self.process.url)
+        return self
 
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
-        self.process.wait(timeout=10)
         self.process = None
 
     def stop(self) -> None:
@@ -188,8 +168,7 @@ class Bridge:
             self.server.stop()
             self.server = None
         if self.process:
-            self.process.terminate()
-            self.process.wait(timeout=15)
+            self.process.terminate(timeout=15)
         for running in self.emulators.values():
             running.stop()
         self.callbacks.stop()
@@ -279,11 +258,3 @@ class Bridge:
 
         return [r for r in self.callbacks.requests if json.loads(r.body).get("review_id") == review_id]
 
-
-def _ready(url: str) -> bool:
-    """Ready, and really a bridge (not some other test's server that took the port)."""
-    try:
-        response = httpx2.get(f"{url}/readyz", timeout=2)
-        return response.status_code == 200 and "checks" in response.json()
-    except (httpx2.HTTPError, ValueError):
-        return False

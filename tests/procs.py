@@ -102,7 +102,11 @@ class Proc:
 
 
 def _ready(url: str) -> bool:
+    """Ready, and really a bridge: not another test's server that took the port, such as a
+    ``helpers.Recorder``, which answers 200 to anything (then a submission got its
+    ``{"ok": true}``: the ``KeyError: 'id'`` seen twice in CI in test_crash)."""
     try:
-        return httpx2.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx2.HTTPError:
+        response = httpx2.get(f"{url}/readyz", timeout=2)
+        return response.status_code == 200 and "checks" in response.json()
+    except (httpx2.HTTPError, ValueError):
         return False

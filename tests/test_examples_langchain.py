@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from connectors.emulators.base import free_socket
-from harness import _ready
+from procs import _ready
 from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
