@@ -20,7 +20,8 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.format import format_soql
 
 from .http import PinnedSession
-from .base import Comment, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef
+from .base import (Comment, FieldUse, MappingProblem, Person, PlannedRequest, Ticket, TicketEvent, TicketRef,
+                   bridge_account, remember_account)
 from .errors import (
     AuthError,
     ConnectorError,
@@ -111,7 +112,6 @@ class SalesforceConnector:
         self.config = config
         self._http: PinnedSession | None = None
         self._sf: Salesforce | None = None
-        self._me: Person | None = None
         self._lock = threading.Lock()
 
     # ----- session -----------------------------------------------------------
@@ -185,12 +185,17 @@ class SalesforceConnector:
     # ----- the Connector protocol ----------------------------------------------
     def check(self) -> Person:
         info = self._call("check", lambda sf: sf.oauth2("userinfo")) or {}
-        self._me = Person(id=str(info.get("user_id", "")), name=info.get("name"), email=info.get("email"))
-        return self._me
+        me = Person(id=str(info.get("user_id", "")), name=info.get("name"), email=info.get("email"))
+        return remember_account(self.config.base_url, self._login_name(), me)
 
     def _bridge_user(self) -> Person:
-        """Who the bridge is, looked up once: its comments are marked ``by_bridge``."""
-        return self._me or self.check()
+        """Who the bridge is (its comments are marked ``by_bridge``): asked once per process."""
+        return bridge_account(self.config.base_url, self._login_name(), self.check)
+
+    def _login_name(self) -> str:
+        """Whom the bridge logs in as: the integration user, or the connected app's run-as
+        user for client credentials."""
+        return self.config.username or self.config.consumer_key or ""
 
     def create_ticket(self, fields: Mapping[str, Any], *, review_id: str) -> TicketRef:
         data = dict(fields)

@@ -249,6 +249,30 @@ def test_decisions_are_read_back_from_status_and_last_modified_by(sf, org, actio
         assert last.body == ("/edit Use the gentler wording" if action == "edit" else "Use the gentler wording")
 
 
+def test_the_bridges_user_is_asked_once_for_every_thread(recorder):
+    """Each worker thread has its own connector; who the bridge is (its comments are told
+    apart by it) is asked once per process and org, not once per thread."""
+    class Counting(SalesforceEmulator):
+        asked = 0
+
+        async def _userinfo(self, request):
+            Counting.asked += 1
+            return await super()._userinfo(request)
+
+    running = start_emulator(Counting(webhook_url=recorder.url + "/hook"))
+    connectors = [connect(running) for _ in range(3)]
+    try:
+        ref = connectors[0].create_ticket(FIELDS, review_id="rev_user_once")
+        connectors[0].add_comment(ref.key, "AI review summary", public=False)
+        for connector in connectors:
+            assert connector.get_ticket(ref.key).comments[0].by_bridge
+        assert Counting.asked == 1
+    finally:
+        for connector in connectors:
+            connector.close()
+        running.stop()
+
+
 def test_reply_is_a_public_case_comment_on_the_origin_case(org, sf):
     origin = next(t for t in org.emulator.list_tickets() if t["fields"]["SuppliedEmail"] == "carol@example.com")
     number = origin["display"].split()[1]
