@@ -63,7 +63,8 @@ class Proc:
             return
         for _ in range(5):
             try:
-                wait_for(lambda: self._alive() and _ready(self.url), timeout=timeout, what=f"{self.log.name} to become ready")
+                wait_for(lambda: self._alive() and _ready(self.url) and _listens(self.process.pid, self.port),
+                         timeout=timeout, what=f"{self.log.name} to become ready")
             except PortTaken:  # picked free, then taken by another test's server before the child bound it
                 self.port = free_port()
                 self.start(wait=False)
@@ -99,6 +100,24 @@ class Proc:
         code = self.process.wait(timeout=timeout)
         self.process = None
         return code
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (Linux's /proc): the
+    bridge answering is this one, not another test's bridge that took the port after it
+    was picked (this one then exits with "address already in use" and gets another)."""
+    if not Path("/proc/net/tcp").exists():
+        return True
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(fd) in listening for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it exited, or closed a descriptor while we looked
+        return False
 
 
 def _ready(url: str) -> bool:
