@@ -31,8 +31,10 @@ class PortTaken(Exception):
 class Proc:
     """One bridge process; ``start()`` again after ``kill()`` reuses its port."""
 
-    def __init__(self, config: Path, log: Path, *, kind: str = "serve", worker: bool = True, port: int | None = None):
-        self.config, self.log, self.kind, self.worker = config, log, kind, worker
+    def __init__(self, config: Path | None, log: Path, *, kind: str = "serve", worker: bool = True,
+                 port: int | None = None, options: tuple[str, ...] = ()):
+        """``config`` None with ``options=("--sandbox", ...)``: the sandbox."""
+        self.config, self.log, self.kind, self.worker, self.options = config, log, kind, worker, options
         self.port = port or (free_port() if kind == "serve" else None)
         self.process: subprocess.Popen | None = None
         self._ready_once = False  # until then, a port taken in the meantime is swapped for another
@@ -44,7 +46,9 @@ class Proc:
 
     def start(self, *, wait: bool = True) -> "Proc":
         self._log_from = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, "-m", "bridge.cli", self.kind, "--config", str(self.config)]
+        command = [sys.executable, "-m", "bridge.cli", self.kind, *self.options]
+        if self.config is not None:
+            command += ["--config", str(self.config)]
         if self.kind == "serve":
             command += ["--port", str(self.port)] + ([] if self.worker else ["--no-worker"])
         self.process = subprocess.Popen(

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.emulators.base import free_socket
-from procs import _ready
-from helpers import wait_for
+from procs import Proc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,22 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sandbox")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    log = tmp / "sandbox.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--sandbox", "--port", str(port), "--database", str(tmp / "sandbox.db")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-    )
-    url = f"http://127.0.0.1:{port}"
+    bridge = Proc(None, tmp / "sandbox.log", options=("--sandbox", "--database", str(tmp / "sandbox.db"))).start()
     try:
-        wait_for(lambda: process.poll() is not None or _ready(url), timeout=30, what="sandbox")
-        assert process.poll() is None, log.read_text()[-4000:]
-        yield url
+        yield bridge.url
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        bridge.terminate(timeout=15)
 
 
 def run_example(name: str, url: str, *args: str) -> str:
