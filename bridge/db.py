@@ -189,10 +189,10 @@ T = TypeVar("T")
 class _Work:
     """One caller's part of a group commit, and how it came out."""
 
-    __slots__ = ("work", "run", "done", "value", "error")
+    __slots__ = ("work", "run", "order", "done", "value", "error")
 
-    def __init__(self, work: Any, run: Callable[["Database", list], list] | None):
-        self.work, self.run, self.done, self.value, self.error = work, run, False, None, None
+    def __init__(self, work: Any, run: Callable[["Database", list], list] | None, order: str):
+        self.work, self.run, self.order, self.done, self.value, self.error = work, run, order, False, None, None
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -290,7 +290,8 @@ class Database:
         """Every write transaction waits for the one write lock (SQLite)."""
         return self._writer is not None
 
-    def grouped(self, work: Callable[[Session], T] | Any, run: Callable[["Database", list], list] | None = None) -> T:
+    def grouped(self, work: Callable[[Session], T] | Any, run: Callable[["Database", list], list] | None = None,
+                *, order: str = "") -> T:
         """``work(session)`` in a write transaction it may share with other threads' grouped
         work (a group commit): whoever gets the write lock runs everything waiting for it in
         one transaction. A request still commits before it answers, and the transaction's
@@ -301,8 +302,14 @@ class Database:
 
         ``run``: the group is written by ``run(database, works)`` instead, which returns each
         work's value in order or raises (``batch.write``: one statement on PostgreSQL). A
-        group holds only works given the same ``run``."""
-        mine = _Work(work, run)
+        group holds only works given the same ``run``.
+
+        ``order``: a group's transaction runs its parts sorted by it. Parts that lock rows
+        by a key (a rate-limited API key's window, an Idempotency-Key's advisory lock) give
+        the key, so that two instances' groups take the same locks in the same order:
+        in arrival order, two groups with the same two keys could each hold one and wait for
+        the other until PostgreSQL broke the deadlock a second later."""
+        mine = _Work(work, run, order)
         if _NOW.on:  # writing_now: alone, so no other thread's part meets WriterBusy
             self._commit([mine])
             return mine.outcome()
@@ -324,6 +331,7 @@ class Database:
             if run is not None:
                 values = run(self, [part.work for part in group])
             else:
+                group.sort(key=lambda part: part.order)
                 with self.transaction() as session:
                     values = [part.work(session) for part in group]
         except Exception as exc:

@@ -93,7 +93,7 @@ def submit(rt: Runtime, request: ReviewRequest, *, api_key: str, idempotency_key
             with rt.db.transaction() as session:  # through the ORM: alone
                 out = write(session)
         elif rate_limit:  # Core only, so it may share a group commit, but counted in a transaction
-            out = rt.db.grouped(write)
+            out = rt.db.grouped(write, order=f"{api_key}\x1f{idempotency_key or ''}")  # its locks, in one order
         else:  # new rows only: one statement on PostgreSQL (bridge/batch.py)
             batch.write(rt.db, rows)
             out = None

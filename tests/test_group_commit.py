@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge import audit
 from bridge.db import Database
-from bridge.models import AuditEvent, Review
+from bridge.models import AuditEvent, RateWindow, Review
 
 REVIEWS = Review.__table__
 
@@ -97,3 +97,54 @@ def test_an_error_raised_by_the_work_reaches_its_caller(db):
         db.grouped(refuse)
     assert db.grouped(add("rev_after")) == "rev_after"
     assert stored(db) == ["rev_after"]
+
+
+def test_two_instances_groups_take_the_same_keys_locks_in_one_order(db):
+    """Two instances each group a submission of two rate-limited API keys, in opposite
+    arrival order. Each part locks its key's rate window until commit, so in arrival
+    order each group held one key and waited for the other, until PostgreSQL broke the
+    deadlock a second later by failing one group, whose parts then ran again alone. Sorted
+    by key, the second group waits for the first, and every part runs once."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no two transactions hold locks at once")
+    from collections import Counter
+
+    from bridge import keys
+
+    other = Database(db.url)
+    ran: Counter = Counter()
+    both_hold_a_key = threading.Barrier(2)
+
+    def part(instance: str, key: str):
+        def work(session):
+            first = not any(name == instance for name, _ in ran)
+            ran[instance, key] += 1
+            keys.count_submission(session, key, 1000)
+            if first:  # hold the first key until the other group holds one too (or 2 s)
+                try:
+                    both_hold_a_key.wait(timeout=2)
+                except threading.BrokenBarrierError:
+                    pass
+        return work
+
+    def queue(instance: Database, name: str, keys_in_arrival_order: list[str]) -> list[threading.Thread]:
+        threads = []
+        for key in keys_in_arrival_order:
+            threads.append(threading.Thread(target=instance.grouped, args=(part(name, key),), kwargs={"order": key}))
+            threads[-1].start()
+            wait_until_waiting = time.monotonic() + 5
+            while len(instance._waiting) < len(threads) and time.monotonic() < wait_until_waiting:
+                time.sleep(0.005)
+        return threads
+
+    try:
+        with db._leader, other._leader:  # each instance's two parts queue, to run as one group
+            threads = queue(db, "a", ["key_1", "key_2"]) + queue(other, "b", ["key_2", "key_1"])
+        for thread in threads:
+            thread.join(30)
+        assert dict(ran) == {("a", "key_1"): 1, ("a", "key_2"): 1, ("b", "key_1"): 1, ("b", "key_2"): 1}
+        with db.read() as session:
+            counts = dict(session.execute(select(RateWindow.key_name, RateWindow.count)).all())
+        assert counts == {"key_1": 2, "key_2": 2}
+    finally:
+        other.dispose()
