@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -82,14 +82,15 @@ def logout(request: Request, rt: RuntimeDep, csrf_token: str = Form("")):
 
 
 @router.get("", response_class=HTMLResponse)
-def queue_page(request: Request, rt: RuntimeDep, notice: str | None = None, error: str | None = None):
+def queue_page(request: Request, rt: RuntimeDep, notice: str | None = None, error: str | None = None,
+               days: int = Query(stats.DEFAULT_DAYS, ge=1, le=3650)):
     key, cookie = _session(request, rt)
     if key is None:
         return _to_login()
     with rt.db.read() as session:
-        rollout = stats.route_stats(session, rt.router.routes)
+        rollout = stats.route_stats(session, rt.router.routes, since=stats.window_start(days))
     return _page("admin_queue.html", key=key, csrf=sessions.csrf_token(key, cookie), queue=operations.queue_overview(rt),
-                 rollout=rollout, mappings=versions.names(rt), notice=notice, error=error, active="queue")
+                 rollout=rollout, days=days, mappings=versions.names(rt), notice=notice, error=error, active="queue")
 
 
 @router.post("/reviews/{review_id}/retry")

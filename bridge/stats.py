@@ -6,17 +6,24 @@ routes) against what the human decided, so a team can see when a route is safe t
   ``expired`` and ``pending``.
 - ``agreement_rate``: the share of human decisions that approved the agent's proposal as is.
 - ``time_to_decision_seconds``: median, p90 and mean from submission to the human decision.
+
+Over the reviews submitted in the last ``days`` (30 by default): what the route does now,
+after the last prompt or model change, is what decides a roll-out, and the count costs the
+window's reviews, not every review ever stored (ids are time-ordered, so the window is a
+range of the primary key: at 100,000 stored the admin page counted all of them, 0.64 s on
+SQLite, about 10 times that at 1,000,000).
 """
 
 from __future__ import annotations
 
 import statistics
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from .db import utcnow
 from .decide import overall_type
 from .models import Review
 from .schemas import STATUS_FOR_DECISION, Decision
@@ -52,7 +59,19 @@ def _seconds_to_decision(dialect: str) -> Any:
     return func.extract("epoch", Review.decided_at - Review.created_at)
 
 
-def route_stats(session: Session, routes: list[Any]) -> list[dict[str, Any]]:
+DEFAULT_DAYS = 30
+
+
+def window_start(days: float = DEFAULT_DAYS) -> datetime:
+    return utcnow() - timedelta(days=days)
+
+
+def _first_id(at: datetime) -> str:
+    """Below every review id made at or after ``at`` (``models.new_id``)."""
+    return f"rev_{int(at.timestamp() * 1000):012x}"
+
+
+def route_stats(session: Session, routes: list[Any], *, since: datetime) -> list[dict[str, Any]]:
     """Counted in the database, not row by row in Python (the admin page asks on every view:
     it read every review whole, 25 s at 100,000 stored). A review outside shadow mode has its
     human decision in its status (a ticket's decision or an admin's reversal sets it); a
@@ -66,11 +85,16 @@ def route_stats(session: Session, routes: list[Any]) -> list[dict[str, Any]]:
     def count(e: dict[str, Any], kind: str, n: int = 1) -> None:
         e["mix"][kind] = e["mix"].get(kind, 0) + n
 
-    routed = Review.route_name.is_not(None)
+    # The window is a range of the primary key (ids are time-ordered: models.new_id), closed
+    # a minute ahead for other instances' clocks. Not open-ended and not with "route_name IS
+    # NOT NULL": with either, SQLite's planner walked the whole route index instead.
+    in_window = Review.id.between(_first_id(since), _first_id(utcnow() + timedelta(minutes=1)))
     for name, mode, status, n in session.execute(
-        select(Review.route_name, Review.route_mode, Review.status, func.count()).where(routed)
+        select(Review.route_name, Review.route_mode, Review.status, func.count()).where(in_window)
         .group_by(Review.route_name, Review.route_mode, Review.status)
     ):
+        if name is None:  # no route
+            continue
         e = entry(name)
         e["volume"] += n
         e["modes"].add(mode or "enforce")
@@ -78,11 +102,12 @@ def route_stats(session: Session, routes: list[Any]) -> list[dict[str, Any]]:
             count(e, _KIND_OF_STATUS.get(status) or _undecided(status), n)
     for name, seconds in session.execute(
         select(Review.route_name, _seconds_to_decision(session.get_bind().dialect.name))
-        .where(routed, _NOT_SHADOW, Review.decided_at.is_not(None), Review.decision["source"].as_string() == "ticket")
+        .where(in_window, _NOT_SHADOW, Review.decided_at.is_not(None), Review.decision["source"].as_string() == "ticket")
     ):
-        entry(name)["times"].append(max(0.0, float(seconds)))
+        if name is not None:
+            entry(name)["times"].append(max(0.0, float(seconds)))
     shadow = select(Review.route_name, Review.route_mode, Review.status, Review.created_at, Review.decision,
-                    Review.shadow_decision).where(routed, Review.route_mode == "shadow")
+                    Review.shadow_decision).where(in_window, Review.route_mode == "shadow")
     for review in session.execute(shadow.execution_options(yield_per=1000)):
         e = entry(review.route_name)
         kind, seconds = _human(review)

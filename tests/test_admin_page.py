@@ -129,6 +129,10 @@ def test_queue_shows_a_failed_review_and_retries_it(page):
     stats_row = page.locator("#rollout tr[data-route-stats='jira-queue']")
     expect(stats_row).to_contain_text("failed 1, pending 1")  # nobody decided yet: no agreement rate
     expect(stats_row).to_contain_text("n/a")
+    expect(page.locator("#rollout")).to_contain_text("in the last 30 days")
+    page.locator("#rollout").get_by_role("link", name="7", exact=True).click()  # a week's window: the same reviews
+    expect(page.locator("#rollout")).to_contain_text("in the last 7 days")
+    expect(stats_row).to_contain_text("failed 1, pending 1")
     page.screenshot(path=str(ARTIFACTS / "admin-6-failed.png"), full_page=True)
 
     with bridge.client("admin") as client:  # the admin fixes the mapping, then retries

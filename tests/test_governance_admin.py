@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.db import Database
-from bridge.models import AuditContent
+from bridge.models import AuditContent, Review
 from harness import Bridge
 from helpers import wait_for
 
@@ -283,6 +283,24 @@ def test_stats_match_a_scripted_mix_of_decisions(bridge):
     ttd = canary["time_to_decision_seconds"]
     assert 0 < ttd["median"] <= ttd["p90"] < 60
     assert stats["compliance"]["configured"] and stats["compliance"]["agreement_rate"] is None  # configured, nothing decided
+    assert response.json()["days"] == 30
+
+    # An approved review submitted 40 days ago counts only in a window that reaches back to it.
+    db = Database(bridge.database_url)
+    try:
+        with db.transaction() as session:
+            row = session.execute(select(Review.__table__).where(Review.id == reviews[0][0])).mappings().one()
+            old_id = f"rev_{int((time.time() - 40 * 86400) * 1000):012x}{'0' * 16}"
+            session.execute(insert(Review.__table__).values({**row, "id": old_id, "idempotency_key": None, "ticket_key": None}))
+    finally:
+        db.dispose()
+    with bridge.client("admin") as client:
+        recent, wider = client.get("/v1/stats/routes"), client.get("/v1/stats/routes", params={"days": 60})
+        refused = client.get("/v1/stats/routes", params={"days": 0})
+    assert {r["route"]: r for r in recent.json()["routes"]}["canary"]["decision_mix"]["approve"] == 2
+    canary = {r["route"]: r for r in wider.json()["routes"]}["canary"]
+    assert canary["volume"] == 6 and canary["decision_mix"]["approve"] == 3
+    assert refused.status_code == 422 and "days" in refused.text
 
 
 # ----- audit export and retention -------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from .. import stats
 from ..deps import AdminActor, RuntimeDep
@@ -13,7 +13,11 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/v1/stats/routes")
-def route_stats(rt: RuntimeDep, key: AdminActor) -> dict[str, Any]:
+def route_stats(rt: RuntimeDep, key: AdminActor,
+                days: Annotated[int, Query(ge=1, le=3650, description="Reviews submitted in the last this many days.")]
+                = stats.DEFAULT_DAYS) -> dict[str, Any]:
     """Per route: volume, decision mix, agreement between the agent and the human, time to decision."""
+    since = stats.window_start(days)
     with rt.db.read() as session:
-        return {"routes": stats.route_stats(session, rt.router.routes)}
+        routes = stats.route_stats(session, rt.router.routes, since=since)
+    return {"days": days, "since": since.isoformat(), "routes": routes}
