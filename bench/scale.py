@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from bridge import inbox, reviews
+from bridge import inbox, outbox, reviews
 from bridge.db import utcnow
 from bridge.migrate import upgrade
 from bridge.models import Job, Review
@@ -102,11 +102,11 @@ def _rows(start: int, n: int, *, snapshot: dict, request: dict, decision: dict) 
             "decision": None if is_open else decision, "decided_at": None if is_open else created,
             "delivered_at": None if is_open else created,
         })
-        jobs_rows.append({"review_id": review_id, "kind": reviews.CREATE, "dedupe_key": f"{reviews.CREATE}:{review_id}",
+        jobs_rows.append({"review_id": review_id, "kind": outbox.CREATE, "dedupe_key": f"{outbox.CREATE}:{review_id}",
                           "state": "done", "attempts": 1, "max_attempts": 12, "run_at": created, "payload": {},
                           "created_at": created, "finished_at": created})
         if not is_open:
-            jobs_rows.append({"review_id": review_id, "kind": reviews.DELIVER, "dedupe_key": f"{reviews.DELIVER}:{review_id}",
+            jobs_rows.append({"review_id": review_id, "kind": outbox.DELIVER, "dedupe_key": f"{outbox.DELIVER}:{review_id}",
                               "state": "done", "attempts": 1, "max_attempts": 12, "run_at": created, "payload": {},
                               "created_at": created, "finished_at": created})
     return reviews_rows, jobs_rows

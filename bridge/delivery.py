@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 
 from connectors.errors import PermanentError, RateLimitedError, RetryableError, retry_after_seconds
 
-from . import audit, outbox, reviews
+from . import audit, outbox
 from .db import utcnow
 from .models import Job, Review
 from .schemas import DecisionRecord, ReviewRequest
@@ -43,7 +43,7 @@ class DeliveryJobs:
         self.http = httpx2.Client(timeout=10.0)
 
     def handlers(self) -> dict[str, Any]:
-        return {reviews.DELIVER: self.deliver}
+        return {outbox.DELIVER: self.deliver}
 
     def close(self) -> None:
         self.http.close()
@@ -77,7 +77,7 @@ class DeliveryJobs:
                          via="callback" if request.resume.callback_url else "langgraph", attempts=job.attempts)
             if row.ticket_key and row.route_mode != "shadow":
                 what = row.status if record.version == 1 else f"{row.status}, version {record.version}"
-                outbox.enqueue(session, row.id, reviews.COMMENT,
+                outbox.enqueue(session, row.id, outbox.COMMENT,
                                dedupe_key=f"delivered:{row.id}" + (f":v{record.version}" if record.version > 1 else ""),
                                payload={"body": f"hitl-bridge: the decision ({what}) reached the agent."})
 
@@ -91,7 +91,7 @@ class DeliveryJobs:
             review = session.get(Review, job.review_id)
             audit.record(session, "decision.undeliverable", actor="bridge", review_id=review.id, version=record.version, why=why)
             if review.ticket_key:
-                outbox.enqueue(session, review.id, reviews.COMMENT, dedupe_key=f"undeliverable:{review.id}:v{record.version}",
+                outbox.enqueue(session, review.id, outbox.COMMENT, dedupe_key=f"undeliverable:{review.id}:v{record.version}",
                                payload={"body": f"hitl-bridge: the reversed decision (version {record.version}) "
                                                 f"could not be sent to the agent: {why}."})
         log.warning("decision.undeliverable", extra={"job_id": job.id, "version": record.version})

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from connectors import Person
 
-from . import audit, outbox, reviews
+from . import audit, decisions, outbox
 from .decide import Approval, Decided, _matches, person_key
 from .mapping import ActionSpec, Mapping, render_action, template_context
 from .models import Job, Review, ReviewApproval
@@ -54,11 +54,11 @@ def record_approval(session: Session, review: Review, mapping: Mapping, approval
     session.add(ReviewApproval(review_id=review.id, person_key=approval.person_key, change_ref=approval.change_ref,
                                reviewer=reviewer))
     who = (approval.reviewer.email or approval.reviewer.name or approval.reviewer.id) if approval.reviewer else "a reviewer"
-    audit.record(session, "decision.approval_recorded", actor=reviews._actor(approval.reviewer), review_id=review.id,
+    audit.record(session, "decision.approval_recorded", actor=decisions.actor_of(approval.reviewer), review_id=review.id,
                  reviewer=reviewer, count=approval.count, quorum=approval.quorum)
     body = (f"hitl-bridge: approval {approval.count} of {approval.quorum} recorded ({who}). "
             f"{approval.quorum - approval.count} more from other reviewers needed; the review is still open.")
-    outbox.enqueue(session, review.id, reviews.COMMENT, dedupe_key=f"approval:{review.id}:{approval.person_key}",
+    outbox.enqueue(session, review.id, outbox.COMMENT, dedupe_key=f"approval:{review.id}:{approval.person_key}",
                    payload={"body": body})
     if mapping.reviewers.reopen:
         outbox.enqueue(session, review.id, TICKET_FIELDS, dedupe_key=f"reopen:{review.id}:{approval.person_key}",
@@ -76,7 +76,7 @@ def quorum_met(session: Session, review: Review, mapping: Mapping, decided: Deci
     session.add(ReviewApproval(review_id=review.id, person_key=person_key(person), change_ref="final",
                                reviewer=decided.reviewer.model_dump()))
     approvers = [r.reviewer for r in session.execute(select(ReviewApproval).where(ReviewApproval.review_id == review.id)).scalars()]
-    audit.record(session, "decision.quorum_met", actor=reviews._actor(decided.reviewer), review_id=review.id,
+    audit.record(session, "decision.quorum_met", actor=decisions.actor_of(decided.reviewer), review_id=review.id,
                  quorum=mapping.reviewers.quorum, approvers=approvers + [decided.reviewer.model_dump()])
 
 
@@ -102,7 +102,7 @@ class GovernanceJobs:
 
     def _open(self, job: Job) -> tuple[Review, Mapping] | None:
         review = self.worker._load(job.review_id)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         if review.status != Status.open or not review.ticket_key or mapping is None or mapping.sla is None:
             return None
         return review, mapping
@@ -124,7 +124,7 @@ class GovernanceJobs:
 
     def set_fields(self, job: Job) -> None:
         review = self.worker._load(job.review_id)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         if review.status != Status.open or not review.ticket_key or mapping is None:
             return self.worker._finish(job)
         self._apply(job, review, mapping, ActionSpec(fields=job.payload.get("fields") or {}), f"ticket.{job.payload.get('kind', 'fields')}")

@@ -21,7 +21,7 @@ from . import outbox
 from .db import insert_once, utcnow
 from .errors import NotFoundError
 from .models import Job, Review, WebhookEvent
-from .reviews import SYNC
+from .outbox import SYNC
 from .runtime import Runtime
 from .schemas import Status
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from connectors.errors import ConnectorError, PermanentError
 from connectors.langsmith import LangSmithConnector, RunView, stable_id
 
-from . import audit, reviews
+from . import audit, outbox, reviews
 from .config import LangSmithSettings
 from .decide import overall_type
 from .errors import BridgeError, ConflictError
@@ -160,7 +160,7 @@ class LangSmithJobs:
         self.rt: Runtime = worker.rt
 
     def handlers(self) -> dict[str, Any]:
-        return {reviews.READ_RUN: self.read_run, reviews.LANGSMITH_FEEDBACK: self.send_feedback}
+        return {outbox.READ_RUN: self.read_run, outbox.LANGSMITH_FEEDBACK: self.send_feedback}
 
     def read_run(self, job: Job) -> None:
         review = self.worker._load(job.review_id)

@@ -13,7 +13,8 @@ from . import audit, outbox
 from .db import utcnow
 from .errors import ConflictError, NotFoundError
 from .models import Job, Review
-from .reviews import CREATE, to_out
+from .outbox import CREATE
+from .reviews import to_out
 from .runtime import Runtime
 from .schemas import ReviewOut, Status
 

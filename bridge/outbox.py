@@ -19,6 +19,17 @@ from .models import Job
 from .wakeups import CHANNEL
 
 ACTIVE = ("pending", "running")
+# The kinds of job (each names the worker's handler for it).
+DELIVER, POST_REPLY, CREATE, SYNC, COMMENT, CLOSE, EXPIRE = (
+    "deliver_decision",
+    "post_reply",
+    "create_ticket",
+    "sync_ticket",
+    "ticket_comment",
+    "ticket_action",
+    "expire_review",
+)
+READ_RUN, LANGSMITH_FEEDBACK = "langsmith_read_run", "langsmith_feedback"  # bridge/langsmith.py
 JOBS = Job.__table__
 CHAIN = "outbox.chain"  # session.info key: see Chain
 

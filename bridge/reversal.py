@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session
 from . import audit, outbox
 from .db import utcnow
 from .decide import check_decisions, overall_type
+from .decisions import final_reply, ticket_out
 from .errors import BridgeError, ConflictError, NotFoundError
 from .models import Review
+from .outbox import COMMENT, DELIVER, LANGSMITH_FEEDBACK, POST_REPLY
 from .retention import PURGED_TITLE
-from .reviews import COMMENT, DELIVER, LANGSMITH_FEEDBACK, POST_REPLY, _ticket_out, final_reply, to_out
+from .reviews import to_out
 from .runtime import Runtime
 from .schemas import DECIDED, STATUS_FOR_DECISION, Decision, DecisionRecord, DecisionReversal, Reviewer, ReviewOut, ReviewRequest, Status
 
@@ -59,7 +61,7 @@ def reverse(
     before = DecisionRecord.model_validate(review.decision)
     version = before.version + 1
     record = DecisionRecord(
-        decisions=decisions, reviewer=Reviewer(id=actor), decided_at=utcnow(), ticket=_ticket_out(review),
+        decisions=decisions, reviewer=Reviewer(id=actor), decided_at=utcnow(), ticket=ticket_out(review),
         source="reversal", reason=reason, version=version, supersedes=before.version,
     )
     status_before = review.status

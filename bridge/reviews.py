@@ -13,17 +13,15 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, batch, keys, outbox
+from . import audit, batch, decisions, keys, outbox
 from .batch import Batch
 from .db import utcnow
-from .decide import overall_type
 from .errors import BridgeError, ConflictError, NotFoundError
-from .mapping import Mapping
 from .models import Job, Review, new_id
+from .outbox import CLOSE, CREATE, DELIVER, EXPIRE, POST_REPLY, READ_RUN, SYNC
 from .runtime import Runtime
 from .schemas import (
     DECIDED,
-    STATUS_FOR_DECISION,
     Decision,
     DecisionRecord,
     DeliveryState,
@@ -32,19 +30,7 @@ from .schemas import (
     ReviewRequest,
     RouteOut,
     Status,
-    TicketOut,
 )
-
-DELIVER, POST_REPLY, CREATE, SYNC, COMMENT, CLOSE, EXPIRE = (
-    "deliver_decision",
-    "post_reply",
-    "create_ticket",
-    "sync_ticket",
-    "ticket_comment",
-    "ticket_action",
-    "expire_review",
-)
-READ_RUN, LANGSMITH_FEEDBACK = "langsmith_read_run", "langsmith_feedback"  # bridge/langsmith.py
 
 
 def request_hash(dumped: dict[str, Any]) -> str:
@@ -213,7 +199,7 @@ def _queue(rows: Batch, rt: Runtime, review: Review, request: ReviewRequest, rou
         if submitted_by:
             rows.record("review.submitted", actor=submitted_by, review_id=review_id, title=request.title, route=None)
         return
-    route, mapping = routed.route, snapshot_mapping(review)
+    route, mapping = routed.route, decisions.snapshot_mapping(review)
     if mapping.sla:
         rows.enqueue(review_id, EXPIRE, delay_seconds=mapping.sla.expire_after_seconds)
         from .governance import schedule_sla  # remind and escalate (issue 9)
@@ -232,97 +218,7 @@ def _approve_on_arrival(session: Session, rt: Runtime, review: Review, request: 
     route = routed.route
     reason = routed.reason if route is None else f"shadow route {route.name!r}: the agent is not held"
     auto = [Decision(type="approve") for _ in request.action_requests]
-    apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=reason)
-
-
-# ----- decisions -------------------------------------------------------------------
-
-
-def snapshot_mapping(review: Review) -> Mapping | None:
-    """The mapping a review was routed with. Validated once per mapping version and process:
-    every job of every review reads it (bench/), and a version is a hash of the content."""
-    if not review.mapping_snapshot:
-        return None
-    if not review.mapping_version:
-        return Mapping.model_validate(review.mapping_snapshot)
-    key = (review.mapping_name, review.mapping_version)
-    mapping = _SNAPSHOTS.get(key)
-    if mapping is None:
-        mapping = Mapping.model_validate(review.mapping_snapshot)
-        if len(_SNAPSHOTS) > 256:
-            _SNAPSHOTS.clear()
-        _SNAPSHOTS[key] = mapping
-    return mapping
-
-
-_SNAPSHOTS: dict[tuple[str | None, str], Mapping] = {}
-
-
-def _ticket_out(review: Review) -> TicketOut | None:
-    if not review.ticket_key or not review.ticket_connection:
-        return None
-    return TicketOut(connection=review.ticket_connection, key=review.ticket_key, display=review.ticket_display, url=review.ticket_url)
-
-
-def apply_decision(
-    session: Session,
-    rt: Runtime,
-    review: Review,
-    decisions: list[Decision],
-    *,
-    reviewer: Any,
-    source: str,
-    reason: str | None = None,
-) -> None:
-    """Record a decision and queue everything it sets off (delivery, reply, ticket update)."""
-    request = ReviewRequest.model_validate(review.request)
-    record = DecisionRecord(
-        decisions=decisions, reviewer=reviewer, decided_at=utcnow(), ticket=_ticket_out(review), source=source, reason=reason
-    )
-    if source != "route" and rt.settings.langsmith and request.langsmith and request.langsmith.run_id:
-        shadow = review.route_mode == "shadow" and source == "ticket"
-        outbox.enqueue(session, review.id, LANGSMITH_FEEDBACK, dedupe_key=f"{LANGSMITH_FEEDBACK}:{review.id}:{'shadow' if shadow else 'decision'}",
-                       payload={"decision": record.model_dump(mode="json")}, max_attempts=rt.settings.worker.max_attempts)
-    if review.route_mode == "shadow" and source == "ticket":
-        review.shadow_decision = record.model_dump(mode="json")
-        audit.record(session, "review.shadow_decided", actor=_actor(reviewer), review_id=review.id, decision=review.shadow_decision)
-        return
-    kind = overall_type(decisions)
-    review.status = Status.auto_approved if source == "route" else (Status.expired if source == "expiry" else STATUS_FOR_DECISION[kind])
-    review.decision = record.model_dump(mode="json")
-    review.decided_at = record.decided_at
-    audit.record(session, "review.decided", actor=_actor(reviewer), review_id=review.id, status=review.status, decision=review.decision)
-    if review.expires_at is not None:  # it has an SLA, so an expiry job (a statement less a decision without)
-        outbox.cancel_jobs(session, review.id, (EXPIRE,))
-    if request.resume is not None:
-        outbox.enqueue(session, review.id, DELIVER, max_attempts=rt.settings.worker.max_attempts)
-    reply = final_reply(request, decisions)
-    if reply is not None and request.origin is not None:
-        outbox.enqueue(session, review.id, POST_REPLY, payload={"body": reply}, max_attempts=rt.settings.worker.max_attempts)
-    mapping = snapshot_mapping(review)
-    if source != "route" and mapping and (mapping.on_decided.fields or mapping.on_decided.comment):
-        outbox.enqueue(session, review.id, CLOSE, dedupe_key=f"on_decided:{review.id}", payload={"action": "on_decided"})
-    if source == "ticket" and review.created_at:
-        rt.metrics.time_to_decision.labels(review.route_name or "").observe((record.decided_at - review.created_at).total_seconds())
-    rt.metrics.reviews.labels(review.status, review.route_name or "").inc()
-
-
-def final_reply(request: ReviewRequest, decisions: list[Decision]) -> str | None:
-    """The text to post on the origin ticket: an approved or edited ``reply`` action."""
-    for action, decision in zip(request.action_requests, decisions):
-        if action.name != "reply":
-            continue
-        if decision.type == "approve":
-            return action.args.get("body")
-        if decision.type == "edit" and decision.edited_action:
-            return decision.edited_action.args.get("body")
-    return None
-
-
-def _actor(reviewer: Any) -> str:
-    if reviewer is None:
-        return "bridge"
-    return f"reviewer:{reviewer.email or reviewer.id or reviewer.name}"
+    decisions.apply_decision(session, rt, review, auto, reviewer=None, source="route", reason=reason)
 
 
 # ----- read ------------------------------------------------------------------------
@@ -370,7 +266,7 @@ def to_out(session: Session | None, review: Review, *, jobs: dict[str, Job] | No
         created_at=review.created_at,
         updated_at=review.updated_at,
         route=RouteOut(name=review.route_name, mode=review.route_mode, mapping=review.mapping_name, reason=review.route_reason),
-        ticket=_ticket_out(review),
+        ticket=decisions.ticket_out(review),
         decision=DecisionRecord.model_validate(review.decision) if review.decision else None,
         shadow_decision=DecisionRecord.model_validate(review.shadow_decision) if review.shadow_decision else None,
         delivery=delivery,

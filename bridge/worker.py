@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from connectors.errors import ConnectorError, PermanentError, RateLimitedError, RetryableError
 
-from . import audit, outbox, reviews, rows
+from . import audit, decisions, outbox, rows
 from .breaker import CircuitBreakers, CircuitOpenError
 from .delivery import DeliveryJobs
 from .decide import Approval, Decided, Refused, decide
@@ -43,7 +43,7 @@ log = logging.getLogger("bridge.worker")
 # Run by the thread whose transaction queued them: a decision's delivery, and a comment on
 # the ticket (the "reached the agent" one after every delivery). Claimed as they are
 # queued, they cost no claim and no read of the review (bench/README.md).
-CHAINED = frozenset({reviews.DELIVER, reviews.COMMENT})
+CHAINED = frozenset({outbox.DELIVER, outbox.COMMENT})
 
 
 class Worker:
@@ -60,12 +60,12 @@ class Worker:
         self._more_due = True  # the last look saw another job due: look again at once
         self._chained = threading.local()  # the jobs this thread claimed in its last transaction
         self.handlers: dict[str, Callable[[Job], None]] = {
-            reviews.CREATE: self.create_ticket,
-            reviews.SYNC: self.sync_ticket,
-            reviews.POST_REPLY: self.post_reply,
-            reviews.COMMENT: self.comment_on_ticket,
-            reviews.CLOSE: self.ticket_action,
-            reviews.EXPIRE: self.expire_review,
+            outbox.CREATE: self.create_ticket,
+            outbox.SYNC: self.sync_ticket,
+            outbox.POST_REPLY: self.post_reply,
+            outbox.COMMENT: self.comment_on_ticket,
+            outbox.CLOSE: self.ticket_action,
+            outbox.EXPIRE: self.expire_review,
         }
         self.delivery = DeliveryJobs(self)
         self.handlers.update(self.delivery.handlers())
@@ -223,7 +223,7 @@ class Worker:
         if review is None:
             return
         audit.record(session, "job.dead", actor="bridge", review_id=review.id, job=job.kind, error=error)
-        if job.kind == reviews.CREATE and review.status == Status.queued:
+        if job.kind == outbox.CREATE and review.status == Status.queued:
             review.status = Status.failed
             review.error = {"code": "ticket_not_created", "message": error}
 
@@ -260,7 +260,7 @@ class Worker:
         review = self._load(job.review_id)
         if review.ticket_key or review.status not in (Status.queued, Status.auto_approved):
             return self._finish(job)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         request = ReviewRequest.model_validate(review.request)
         connector = self._connector(mapping.connection)
         rendered = render_ticket(mapping, review.id, request, bridge_url=self.rt.settings.public_url)
@@ -301,7 +301,7 @@ class Worker:
         review = self._load(job.review_id)
         if not _waiting(review):
             return self._finish(job)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         request = ReviewRequest.model_validate(review.request)
         account = self.rt.bridge_account(mapping.connection)  # first: a connector that asked keeps the answer
         ticket = self._connector(mapping.connection).get_ticket(review.ticket_key)
@@ -317,7 +317,7 @@ class Worker:
                 return
             if isinstance(result, Decided):
                 quorum_met(session, row, mapping, result, ticket.changed_by)
-                reviews.apply_decision(session, self.rt, row, result.decisions, reviewer=result.reviewer, source="ticket")
+                decisions.apply_decision(session, self.rt, row, result.decisions, reviewer=result.reviewer, source="ticket")
                 return
             assert isinstance(result, Refused)
             fingerprint = hashlib.sha256(f"{result.reason}|{ticket.status}|{ticket.changed_at or ticket.updated}".encode()).hexdigest()[:32]
@@ -327,14 +327,14 @@ class Worker:
             reviewer = result.reviewer.model_dump() if result.reviewer else None
             audit.record(session, "decision.refused", actor="bridge", review_id=row.id, reason=result.reason, reviewer=reviewer)
             body = f"hitl-bridge could not accept this decision: {result.reason}. The review is still open."
-            outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"refusal:{row.id}:{fingerprint}", payload={"body": body})
+            outbox.enqueue(session, row.id, outbox.COMMENT, dedupe_key=f"refusal:{row.id}:{fingerprint}", payload={"body": body})
 
         self._finish(job, apply)
 
     def post_reply(self, job: Job) -> None:
         review = self._load(job.review_id)
         request = ReviewRequest.model_validate(review.request)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         spec = mapping.reply if mapping else ReplySpec()
         origin = request.origin
         body = job.payload["body"]
@@ -366,7 +366,7 @@ class Worker:
         if not review.ticket_key:
             return self._finish(job)
         connector = self._connector(review.ticket_connection)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         body = redact_value(job.payload["body"], mapping.redaction if mapping else RedactionSpec())
         if not _maybe_done(job) or not any(c.by_bridge and c.body.strip() == body.strip()
                                            for c in connector.get_ticket(review.ticket_key).comments):
@@ -375,7 +375,7 @@ class Worker:
 
     def ticket_action(self, job: Job) -> None:
         review = self._load(job.review_id)
-        mapping = reviews.snapshot_mapping(review)
+        mapping = decisions.snapshot_mapping(review)
         if not review.ticket_key or mapping is None:
             return self._finish(job)
         spec = getattr(mapping, job.payload["action"])
@@ -399,16 +399,16 @@ class Worker:
         def apply(session: Session, row: Review) -> None:
             if row.status not in (Status.open, Status.queued):
                 return
-            mapping = reviews.snapshot_mapping(row)
+            mapping = decisions.snapshot_mapping(row)
             sla = mapping.sla
             request = ReviewRequest.model_validate(row.request)
-            decisions = [
+            expired = [
                 Decision(type=sla.on_expire, message=sla.message if sla.on_expire == "reject" else None)
                 for _ in request.action_requests
             ]
-            reviews.apply_decision(session, self.rt, row, decisions, reviewer=None, source="expiry", reason=sla.message)
+            decisions.apply_decision(session, self.rt, row, expired, reviewer=None, source="expiry", reason=sla.message)
             if row.ticket_key:
-                outbox.enqueue(session, row.id, reviews.COMMENT, dedupe_key=f"expired:{row.id}",
+                outbox.enqueue(session, row.id, outbox.COMMENT, dedupe_key=f"expired:{row.id}",
                                payload={"body": f"hitl-bridge: {sla.message} Applied: {sla.on_expire}."})
 
         self._finish(job, apply)

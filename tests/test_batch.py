@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, func, select
 from typer.testing import CliRunner
 
-from bridge import audit, reviews
+from bridge import audit, outbox, reviews
 from bridge.cli import app
 from bridge.models import Job, Review
 from bridge.runtime import Runtime
@@ -66,7 +66,7 @@ def test_a_submission_reads_back_as_it_was_sent(rt, bridge):
     assert reviews.get(rt, first["id"]).title == "Refund «750» to order A-100"
     with rt.db.read() as session:
         jobs = session.execute(select(Job.review_id, Job.kind, Job.state, Job.attempts)).all()
-        assert sorted(jobs) == sorted((r["id"], reviews.CREATE, "pending", 0) for r in (first, second))
+        assert sorted(jobs) == sorted((r["id"], outbox.CREATE, "pending", 0) for r in (first, second))
         row = session.get(Review, second["id"])
         assert row.created_at.tzinfo is not None and row.idempotency_key == "order-A-100"
     assert chain_ok(rt) == 2
