@@ -104,6 +104,10 @@ def _parse_datetime(value: Any) -> datetime | None:
             return None
 
 
+_NESTING = 10
+"""Levels of groups in groups, and of roles above roles, followed at most (each level is a query)."""
+
+
 class SalesforceConnector:
     name = "salesforce"
     config_model = SalesforceConfig
@@ -312,19 +316,56 @@ class SalesforceConnector:
         return True
 
     def groups_of(self, person: Person) -> set[str]:
-        """The user's queues and public groups (API and display names; direct membership)
-        and permission sets (API names and labels, not the ones profiles own)."""
+        """The user's queues and public groups (API and display names), and permission sets
+        (API names and labels, not the ones profiles own). Group membership counts as
+        Salesforce counts it: directly, through a group inside a group, and through the
+        user's role (a role's group, and the role-and-subordinates groups of the role and of
+        every role above it)."""
         if not _RECORD_ID.fullmatch(person.id or ""):
             return set()
-        members = self._query("groups_of", format_soql(
-            "SELECT Group.DeveloperName, Group.Name FROM GroupMember "
-            "WHERE UserOrGroupId = {} AND Group.Type IN ('Queue', 'Regular')", person.id))
+        names: set[str] = set()
+        seen: set[str] = set()
+        members = {person.id} | self._role_groups(person.id)
+        for _ in range(_NESTING):
+            rows = self._query("groups_of", format_soql(
+                "SELECT GroupId, Group.DeveloperName, Group.Name, Group.Type FROM GroupMember WHERE UserOrGroupId IN {}",
+                sorted(members)))
+            seen |= members
+            members = set()
+            for row in rows:
+                group = row.get("Group") or {}
+                if group.get("Type") in ("Queue", "Regular"):
+                    names.update(str(group[field]) for field in ("DeveloperName", "Name") if group.get(field))
+                if row.get("GroupId") and row["GroupId"] not in seen:
+                    members.add(row["GroupId"])  # a group in this group: the groups it is in come next
+            if not members:
+                break
         assigned = self._query("groups_of", format_soql(
             "SELECT PermissionSet.Name, PermissionSet.Label FROM PermissionSetAssignment "
             "WHERE AssigneeId = {} AND PermissionSet.IsOwnedByProfile = false", person.id))
-        names = [(row.get("Group") or {}).get(field) for row in members for field in ("DeveloperName", "Name")]
-        names += [(row.get("PermissionSet") or {}).get(field) for row in assigned for field in ("Name", "Label")]
-        return {str(name) for name in names if name}
+        names.update(str(value) for row in assigned for field in ("Name", "Label")
+                     if (value := (row.get("PermissionSet") or {}).get(field)))
+        return names
+
+    def _role_groups(self, user_id: str) -> set[str]:
+        """The groups Salesforce keeps for roles that the user is in: their role's ``Role``
+        group, and the ``RoleAndSubordinates`` groups of their role and the roles above it
+        (the ``Internal`` kind only for an internal user)."""
+        users = self._query("groups_of", format_soql("SELECT UserRoleId, UserType FROM User WHERE Id = {}", user_id))
+        role = users[0].get("UserRoleId") if users else None
+        if not role:
+            return set()
+        chain = [role]
+        while len(chain) < _NESTING:
+            rows = self._query("groups_of", format_soql("SELECT ParentRoleId FROM UserRole WHERE Id = {}", chain[-1]))
+            parent = rows[0].get("ParentRoleId") if rows else None
+            if not parent or parent in chain:
+                break
+            chain.append(parent)
+        kinds = ["Role", "RoleAndSubordinates"] + (["RoleAndSubordinatesInternal"] if users[0].get("UserType") == "Standard" else [])
+        groups = self._query("groups_of", format_soql(
+            "SELECT Id, Type, RelatedId FROM Group WHERE RelatedId IN {} AND Type IN {}", chain, kinds))
+        return {g["Id"] for g in groups if g.get("Type") != "Role" or g.get("RelatedId") == role}
 
     # ----- admin: preview and doctor ---------------------------------------------
     def plan_requests(

@@ -32,6 +32,9 @@ routes:
   - name: salesforce-grouped
     when: "metadata.queue == 'salesforce-grouped'"
     mapping: salesforce_grouped
+  - name: salesforce-managers
+    when: "metadata.queue == 'salesforce-managers'"
+    mapping: salesforce_managers
   - name: salesforce-queue
     when: "metadata.queue == 'salesforce'"
     mapping: salesforce_review
@@ -44,6 +47,8 @@ MAPPINGS = {
     # (by label) may decide.
     "salesforce_grouped": mapping_variant("salesforce_review", "salesforce_grouped",
                                           reviewers={"groups": ["Refund_Approvers", "HITL Refund Reviewer"]}),
+    # The Managers public group, whose member is CEO's role-and-subordinates group.
+    "salesforce_managers": mapping_variant("salesforce_review", "salesforce_managers", reviewers={"groups": ["Managers"]}),
 }
 
 
@@ -577,3 +582,16 @@ def test_a_permission_set_granted_in_salesforce_counts_at_decision_time(bridge):
                        if a["PermissionSetId"] == emu.permission_set("HITL_Refund_Reviewer")]
             for assignment in granted:
                 del emu.records["PermissionSetAssignment"][assignment["Id"]]
+
+
+def test_a_group_reached_through_the_role_hierarchy_decides(bridge):
+    """Managers has CEO's role-and-subordinates group as its member: alice, in the Support
+    Manager role below CEO, may decide; bob, in no role, may not."""
+    review, key = open_case(bridge, metadata={"queue": "salesforce-managers"})
+    bridge.act("salesforce", key, "approve", user="bob")
+    bridge.wait_comment("salesforce", key, "bob@example.com is not allowed to decide")
+    assert bridge.review(review["id"])["status"] == "open"
+    bridge.act("salesforce", key, "set_field", user="alice", field="Status", value="Working")
+    bridge.act("salesforce", key, "approve", user="alice")
+    decided = bridge.wait_status(review["id"], "approved")
+    assert decided["decision"]["reviewer"]["email"] == "alice@example.com"

@@ -320,15 +320,54 @@ def test_groups_of_reads_queues_public_groups_and_permission_sets(org, sf):
         user = org.emulator.records["User"][org.emulator.user_id(who)]
         return sf.groups_of(Person(id=user["Id"], name=user["Name"], email=user["Email"]))
 
-    # Queues and public groups (not roles), permission sets (not the profile's own).
-    assert groups("bob") == {"Refund_Approvers", "Refund Approvers", "Support_Agents", "Support Agents"}
-    assert groups("alice") == {"Support_Agents", "Support Agents"}
+    # Queues and public groups (not the role groups themselves), directly and through the
+    # Support Agents group inside All Support; permission sets (not the profile's own).
+    everyone = {"Support_Agents", "Support Agents", "All_Support", "All Support"}
+    assert groups("bob") == {"Refund_Approvers", "Refund Approvers"} | everyone
+    # Alice holds Support Manager, below CEO, whose role-and-subordinates group is in Managers.
+    assert groups("alice") == {"Managers"} | everyone
     with org.emulator.lock:
         org.emulator.create("PermissionSetAssignment", {"AssigneeId": org.emulator.user_id("alice"),
                                                         "PermissionSetId": org.emulator.permission_set("HITL_Refund_Reviewer")},
                             org.emulator.user_id("bridge"))
-    assert groups("alice") == {"Support_Agents", "Support Agents", "HITL_Refund_Reviewer", "HITL Refund Reviewer"}
+    assert groups("alice") == {"Managers", "HITL_Refund_Reviewer", "HITL Refund Reviewer"} | everyone
     assert sf.groups_of(Person(id="x' OR Name != 'y")) == set()  # not an id: nothing asked
+
+
+def test_groups_of_follows_the_role_hierarchy_and_groups_in_groups(org, sf):
+    """Membership as Salesforce counts it: a role's own group holds only that role, a
+    role-and-subordinates group every role below it; a group in a group in a queue makes its
+    members the queue's."""
+    emulator, bridge = org.emulator, org.emulator.user_id("bridge")
+
+    def role_group(role_name, kind):
+        role = next(r["Id"] for r in emulator.records["UserRole"].values() if r["DeveloperName"] == role_name)
+        return next(g["Id"] for g in emulator.records["Group"].values() if g["RelatedId"] == role and g["Type"] == kind)
+
+    def group(name):
+        return next(g["Id"] for g in emulator.records["Group"].values() if g["DeveloperName"] == name)
+
+    def groups(who):
+        return sf.groups_of(Person(id=emulator.user_id(who)))
+
+    with emulator.lock:
+        ceo_only = emulator.create("Group", {"Name": "CEO Office", "DeveloperName": "CEO_Office", "Type": "Regular"}, bridge)
+        emulator.create("GroupMember", {"GroupId": ceo_only, "UserOrGroupId": role_group("CEO", "Role")}, bridge)
+        managers_team = emulator.create("Group", {"Name": "Manager Team", "DeveloperName": "Manager_Team", "Type": "Regular"},
+                                        bridge)
+        emulator.create("GroupMember", {"GroupId": managers_team, "UserOrGroupId": role_group("Support_Manager", "Role")},
+                        bridge)
+        escalations = emulator.create("Group", {"Name": "Escalations", "DeveloperName": "Escalations", "Type": "Queue"}, bridge)
+        emulator.create("GroupMember", {"GroupId": escalations, "UserOrGroupId": group("All_Support")}, bridge)
+        emulator.create("GroupMember", {"GroupId": group("All_Support"), "UserOrGroupId": escalations}, bridge)  # a cycle
+    alice, bob = groups("alice"), groups("bob")
+    assert "Manager_Team" in alice and "CEO_Office" not in alice  # her role's group, not her boss's
+    assert "Escalations" in alice and "Escalations" in bob  # Support Agents -> All Support -> Escalations
+    assert "Managers" not in bob and "Manager_Team" not in bob  # no role
+    with emulator.lock:  # promoted: CEO's own group now, and still CEO's role-and-subordinates
+        emulator.records["User"][emulator.user_id("alice")]["UserRoleId"] = emulator.records["Group"][
+            role_group("CEO", "Role")]["RelatedId"]
+    assert {"CEO_Office", "Managers"} <= groups("alice") and "Manager_Team" not in groups("alice")
 
 
 # ----- Flow callouts -------------------------------------------------------------------------

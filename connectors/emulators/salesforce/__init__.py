@@ -74,7 +74,7 @@ class SalesforceEmulator(LoginRoutes, Notifications, Emulator):
         for short, name, email, kind in people:
             user_id = self._new_id("User")
             self.records["User"][user_id] = {"Id": user_id, "Username": f"{short}@hitl.example", "Name": name,
-                                             "Email": email, "IsActive": True, "UserType": kind, "ContactId": None}
+                                             "Email": email, "IsActive": True, "UserType": kind, "ContactId": None, "UserRoleId": None}
             self.users[short] = {"id": user_id, "password": f"{short}-password", "token": f"{short}TOKEN"}
         private_pem, public_pem = connected_app_key()
         # The connected app: a consumer secret (client credentials, run as the bridge user) and
@@ -99,14 +99,28 @@ class SalesforceEmulator(LoginRoutes, Notifications, Emulator):
 
     def _seed_groups(self) -> None:
         """Bob is in the Refund Approvers queue; alice and bob in the Support Agents public
-        group; everyone has their profile's permission set; nobody has HITL Refund Reviewer yet."""
+        group, which is itself a member of All Support. Alice holds the Support Manager role,
+        below CEO; the Managers public group has CEO's role-and-subordinates group as its
+        member, so alice is in it through the hierarchy. Everyone has their profile's
+        permission set; nobody has HITL Refund Reviewer yet."""
         bridge = self.user_id("bridge")
         queue = self._insert("Group", {"Name": "Refund Approvers", "DeveloperName": "Refund_Approvers", "Type": "Queue"}, bridge)
         team = self._insert("Group", {"Name": "Support Agents", "DeveloperName": "Support_Agents", "Type": "Regular"}, bridge)
-        role = self._insert("Group", {"Name": "CEO", "DeveloperName": "CEO", "Type": "Role"}, bridge)
-        members = [(queue, "bob"), (team, "alice"), (team, "bob"), (role, "alice")]
-        for group, who in members:
-            self._insert("GroupMember", {"GroupId": group, "UserOrGroupId": self.user_id(who)}, bridge)
+        everyone = self._insert("Group", {"Name": "All Support", "DeveloperName": "All_Support", "Type": "Regular"}, bridge)
+        managers = self._insert("Group", {"Name": "Managers", "DeveloperName": "Managers", "Type": "Regular"}, bridge)
+        ceo = self._insert("UserRole", {"Name": "CEO", "DeveloperName": "CEO"}, bridge)
+        manager = self._insert("UserRole", {"Name": "Support Manager", "DeveloperName": "Support_Manager",
+                                            "ParentRoleId": ceo}, bridge)
+        role_groups = {}
+        for role, name in ((ceo, "CEO"), (manager, "Support_Manager")):  # what Salesforce makes for every role
+            for kind in ("Role", "RoleAndSubordinates", "RoleAndSubordinatesInternal"):
+                role_groups[name, kind] = self._insert("Group", {"Name": name, "DeveloperName": name, "Type": kind,
+                                                                 "RelatedId": role}, bridge)
+        self.records["User"][self.user_id("alice")]["UserRoleId"] = manager
+        members = [(queue, self.user_id("bob")), (team, self.user_id("alice")), (team, self.user_id("bob")),
+                   (everyone, team), (managers, role_groups["CEO", "RoleAndSubordinates"])]
+        for group, member in members:
+            self._insert("GroupMember", {"GroupId": group, "UserOrGroupId": member}, bridge)
         self._insert("PermissionSet", {"Name": "HITL_Refund_Reviewer", "Label": "HITL Refund Reviewer",
                                        "IsOwnedByProfile": False}, bridge)
         profile = self._insert("PermissionSet", {"Name": "X00e5g000001StandardUser", "Label": "00e5g000001StandardUser",

@@ -41,7 +41,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "User": {"prefix": "005", "fields": {
         "Id": _f("id", **_RO), "Username": _f("string", **_RO), "Name": _f("string", **_RO),
         "Email": _f("email", **_RO), "IsActive": _f("boolean", **_RO), "UserType": _f("string", **_RO),
-        "ContactId": _f("reference", **_RO)}},
+        "ContactId": _f("reference", **_RO), "UserRoleId": _f("reference")}},
+    # The role hierarchy: each role names its parent.
+    "UserRole": {"prefix": "00E", "fields": {
+        "Id": _f("id", **_RO), "Name": _f("string", length=80, required=True), "DeveloperName": _f("string", length=80),
+        "ParentRoleId": _f("reference"), **_AUDIT}},
     "Contact": {"prefix": "003", "fields": {
         "Id": _f("id", **_RO), "FirstName": _f("string"), "LastName": _f("string", required=True),
         "Name": _f("string", **_RO), "Email": _f("email"), **_AUDIT}},
@@ -54,10 +58,15 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "Incoming": _f("boolean", update=False), "MessageDate": _f("datetime"),
         "Status": _f("picklist", values=EMAIL_STATUSES, restricted=True), "IsExternallyVisible": _f("boolean"),
         **_AUDIT}},
-    # Queues and public groups, their direct members, and permission sets (setup objects).
+    # Queues and public groups, their direct members (users and other groups), the groups
+    # Salesforce keeps for each role (RelatedId: the role; their members are implicit: the
+    # users in the role, and for RoleAndSubordinates those in the roles below it), and
+    # permission sets (setup objects).
     "Group": {"prefix": "00G", "fields": {
         "Id": _f("id", **_RO), "Name": _f("string", length=40, required=True), "DeveloperName": _f("string", length=80),
-        "Type": _f("picklist", values=["Queue", "Regular", "Role", "Organization"], restricted=True), **_AUDIT}},
+        "Type": _f("picklist", values=["Queue", "Regular", "Role", "RoleAndSubordinates", "RoleAndSubordinatesInternal",
+                                       "Organization"], restricted=True),
+        "RelatedId": _f("reference", update=False), **_AUDIT}},
     "GroupMember": {"prefix": "011", "fields": {
         "Id": _f("id", **_RO), "GroupId": _f("reference", update=False, required=True),
         "UserOrGroupId": _f("reference", update=False, required=True), "SystemModstamp": _f("datetime", **_RO)}},
