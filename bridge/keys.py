@@ -128,13 +128,17 @@ _UPSERT = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def count_submission(session: Session, name: str, per_minute: int, *, now: float | None = None) -> None:
-    """Count one submission by the key ``name`` in this minute's window, inside the submit's
-    transaction; beyond ``per_minute`` a 429 whose rollback takes the count back with it.
+    """Count one submission by the key ``name``, inside the submit's transaction; beyond
+    ``per_minute`` in the last 60 seconds, a 429 whose rollback takes the count back with it.
 
-    The window is a row every instance on the database shares: one ``INSERT ... ON CONFLICT
-    DO UPDATE count = count + 1 RETURNING count``. Concurrent submissions by one key queue on
-    that row (PostgreSQL) or the write lock (SQLite), so exactly ``per_minute`` get in. The
-    key's first submission in a new window deletes its older windows."""
+    The counts are rows every instance on the database shares, one per key and clock minute:
+    one ``INSERT ... ON CONFLICT DO UPDATE count = count + 1 RETURNING count`` for this
+    minute. Concurrent submissions by one key queue on that row (PostgreSQL) or the write
+    lock (SQLite). The last 60 seconds are estimated as this minute's count plus the previous
+    minute's, weighted by the share of it still inside them (a sliding window counter): a
+    fixed minute let twice the limit through around its boundary, and exact counting would
+    take a row a submission. The key's first submission in a minute deletes the minutes
+    before the previous one."""
     now = time.time() if now is None else now
     start = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
     connection = session.connection()
@@ -153,11 +157,27 @@ def count_submission(session: Session, name: str, per_minute: int, *, now: float
         session.flush()
         count = row.count
     if count == 1:
-        connection.execute(delete(_WINDOWS).where(_WINDOWS.c.key_name == name, _WINDOWS.c.window_start < start))
-    if count > per_minute:
-        retry_after = max(1, math.ceil(start + WINDOW_SECONDS - now))
+        connection.execute(delete(_WINDOWS).where(_WINDOWS.c.key_name == name,
+                                                  _WINDOWS.c.window_start < start - WINDOW_SECONDS))
+    previous = connection.execute(select(_WINDOWS.c.count).where(
+        _WINDOWS.c.key_name == name, _WINDOWS.c.window_start == start - WINDOW_SECONDS)).scalar() or 0
+    elapsed = now - start
+    if previous * (1 - elapsed / WINDOW_SECONDS) + count > per_minute:
+        retry_after = _retry_after(per_minute, count, previous, elapsed)
         raise RateLimitedError(
             f"the API key {name!r} may submit {per_minute} reviews a minute; retry in {retry_after} s",
             retry_after=retry_after,
             details={"limit_per_minute": per_minute, "retry_after_seconds": retry_after},
         )
+
+
+def _retry_after(per_minute: int, count: int, previous: int, elapsed: float) -> int:
+    """Seconds until a submission refused with ``count`` (itself included) this minute and
+    ``previous`` last minute would fit: the previous minute's weight falls as time passes;
+    if this minute alone is over, into the next, where this minute's admitted submissions
+    (``count - 1``) are the previous ones."""
+    if count <= per_minute:  # previous * (1 - t / 60) + count <= per_minute
+        fits_at = WINDOW_SECONDS * (1 - (per_minute - count) / previous)
+    else:  # (count - 1) * (1 - u / 60) + 1 <= per_minute, u seconds into the next minute
+        fits_at = WINDOW_SECONDS + max(0.0, WINDOW_SECONDS * (1 - (per_minute - 1) / (count - 1)))
+    return max(1, math.ceil(fits_at - elapsed))

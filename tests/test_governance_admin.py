@@ -104,17 +104,20 @@ def test_rate_limit_gives_a_clear_429_with_retry_after(bridge):
     assert [submit_with(bridge, key, **plain()).status_code for _ in range(2)] == [201, 201]
     limited = submit_with(bridge, key, **plain())
     assert limited.status_code == 429
-    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert 1 <= int(limited.headers["retry-after"]) <= 120  # this minute is full: into the next one
     assert limited.json()["error"]["code"] == "rate_limited"
     assert "2 reviews a minute" in limited.json()["error"]["message"]
     other = new_key(bridge, "unlimited")
     assert submit_with(bridge, other, **plain()).status_code == 201  # per key, not global
 
 
-def test_rate_window_is_fixed_shared_and_pruned(tmp_path):
-    """The count lives in the database: one window per key and minute, the 429's Retry-After
-    runs to the window's end, a refused submission is not counted, and a key's first
-    submission in a new window removes its older windows."""
+def test_rate_window_slides_and_is_pruned(tmp_path):
+    """The count lives in the database, a row per key and minute. A key allowed 2 a minute:
+    the last 60 s are this minute's count plus the previous minute's weighted by its share
+    still inside them, so a burst at the end of one minute is not followed by another at the
+    start of the next (a fixed window let 3 through in 31 s here). Retry-After says when a
+    submission would fit; a refused one is not counted; a key's first submission in a minute
+    removes its minutes before the previous one."""
     from bridge.keys import RateLimitedError, count_submission
     from bridge.migrate import upgrade
     from bridge.models import RateWindow
@@ -127,21 +130,23 @@ def test_rate_window_is_fixed_shared_and_pruned(tmp_path):
         with db.transaction() as session:
             count_submission(session, name, 2, now=at)
 
+    def refused(at: float) -> int:
+        with pytest.raises(RateLimitedError) as error:
+            submit(at)
+        return int(error.value.headers["Retry-After"])
+
     try:
         submit(120.0)
         submit(150.0)
         submit(150.0, name="other")  # per key
-        for _ in range(2):
-            with pytest.raises(RateLimitedError) as refused:
-                submit(170.0)
-            assert refused.value.headers["Retry-After"] == "10"
-        submit(180.5)  # the next minute
-        submit(181.0)
-        with pytest.raises(RateLimitedError):
-            submit(182.0)
+        assert refused(170.0) == 40 and refused(170.0) == 40  # this minute is full; next, the 2 weigh until 210
+        assert refused(180.5) == 30  # a new minute, but 2 in the last 60 s (weighted: 1.98 + this one)
+        submit(210.0)  # the previous minute's 2 weigh 1 now
+        assert refused(211.0) == 29
+        submit(240.0)  # previous minute: 1
         with db.transaction() as session:
             rows = {(r.key_name, r.window_start): r.count for r in session.execute(select(RateWindow)).scalars()}
-        assert rows == {("k", 180): 2, ("other", 120): 1}
+        assert rows == {("k", 180): 1, ("k", 240): 1, ("other", 120): 1}
     finally:
         db.dispose()
 
@@ -173,7 +178,7 @@ def test_rate_limit_is_shared_by_every_instance(tmp_path):
         assert sorted(r.status_code for r in responses) == [201] * limit + [429] * 5
         assert [submit(0).status_code, submit(1).status_code] == [429, 429]  # on either instance
         for refused in (r for r in responses if r.status_code == 429):
-            assert refused.json()["error"]["code"] == "rate_limited" and 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.json()["error"]["code"] == "rate_limited" and 1 <= int(refused.headers["retry-after"]) <= 120
             assert "may submit 3 reviews a minute" in refused.json()["error"]["message"]
     finally:
         for proc in servers:
