@@ -1,5 +1,5 @@
 """The admin page at /admin: sign in with an admin API key, see the queue (open reviews per
-route, age, SLA, failures with a retry button) and edit mappings (validation as you type,
+route, age, SLA, failures with a retry button), reverse a decision, and edit mappings (validation as you type,
 preview, diff against the saved file, save, history, restore).
 
 Server-rendered Jinja2 pages; the editor's bit of JavaScript calls the same /v1 API as any
@@ -15,10 +15,11 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from . import keys, operations, sessions, stats, versions
+from . import keys, operations, reversal, sessions, stats, versions
 from .config import ApiKey
 from .deps import RuntimeDep
 from .errors import BridgeError
+from .schemas import Decision, DecisionReversal
 
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"]))
 router = APIRouter(prefix="/admin", tags=["admin page"], include_in_schema=False)
@@ -99,12 +100,44 @@ def retry(review_id: str, request: Request, rt: RuntimeDep, csrf_token: str = Fo
     if key is None:
         return _to_login()
     if not sessions.csrf_ok(key, cookie, csrf_token):
-        return RedirectResponse("/admin?error=" + quote("The form expired; try again."), status_code=303)
+        return _back(error="The form expired; try again.")
     try:
         operations.retry_failed(rt, review_id, actor=f"api_key:{key.name}")
     except BridgeError as exc:
-        return RedirectResponse("/admin?error=" + quote(exc.message), status_code=303)
-    return RedirectResponse("/admin?notice=" + quote(f"Review {review_id} queued again."), status_code=303)
+        return _back(error=exc.message)
+    return _back(notice=f"Review {review_id} queued again.")
+
+
+@router.post("/reviews/reverse")
+def reverse(request: Request, rt: RuntimeDep, csrf_token: str = Form(""), review_id: str = Form(""),
+            decision: str = Form(""), message: str = Form(""), reason: str = Form("")):
+    """The page's form for ``POST /v1/reviews/{id}/decision``: one decision for every action
+    (an edit takes its arguments through the API or ``hitl-bridge reviews reverse --decisions``)."""
+    key, cookie = _session(request, rt)
+    if key is None:
+        return _to_login()
+    if not sessions.csrf_ok(key, cookie, csrf_token):
+        return _back(error="The form expired; try again.")
+    review_id = review_id.strip()
+    if not review_id or not reason.strip():
+        return _back(error="Give the review's id and the reason for the reversal.")
+    if decision not in ("approve", "reject", "respond"):
+        return _back(error="Choose approve, reject or respond.")
+    try:
+        with rt.db.read() as session:
+            decisions = reversal.for_every_action(session, review_id, Decision(type=decision, message=message.strip() or None))
+        out = reversal.reverse_review(rt, review_id, DecisionReversal(decisions=decisions, reason=reason),
+                                      actor=f"api_key:{key.name}")
+    except BridgeError as exc:
+        return _back(error=exc.message)
+    return _back(notice=f"Review {review_id} is now {out.status} (decision version {out.decision.version}); "
+                        "the agent is sent the new decision.")
+
+
+def _back(**message: str) -> RedirectResponse:
+    """To the queue page, saying how the form went (``notice`` or ``error``)."""
+    (kind, text), = message.items()
+    return RedirectResponse(f"/admin?{kind}=" + quote(text), status_code=303)
 
 
 @router.get("/mappings/{name}", response_class=HTMLResponse)

@@ -94,6 +94,15 @@ def reverse(
     return review
 
 
+def for_every_action(session: Session, review_id: str, decision: Decision) -> list[Decision]:
+    """``decision`` once for each of the review's action requests (the command line's
+    ``--decision`` and the admin page's form, which give one decision for all)."""
+    review = session.get(Review, review_id)
+    if review is None:
+        raise NotFoundError(f"no review {review_id!r}")
+    return [decision] * max(1, len((review.request or {}).get("action_requests") or []))
+
+
 def reverse_review(rt: Runtime, review_id: str, body: DecisionReversal, *, actor: str) -> ReviewOut:
     with rt.db.transaction() as session:
         review = reverse(session, review_id, body.decisions, reason=body.reason, actor=actor,

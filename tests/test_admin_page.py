@@ -4,6 +4,7 @@ version; and retry a failed review from the queue. Screenshots go to test-artifa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -145,3 +146,43 @@ def test_queue_shows_a_failed_review_and_retries_it(page):
     expect(page.locator(f"#failed tr[data-review='{failed['id']}']")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "admin-7-retried.png"), full_page=True)
     assert bridge.review(waiting["id"])["status"] == "open"
+
+
+def test_an_admin_reverses_a_decision_from_the_queue_page(page):
+    """Approved on the ticket, then reversed to a rejection on the page: the agent is sent
+    version 2 with the message, and the form says what became of the review; a review that
+    is still open is refused with the reason."""
+    from playwright.sync_api import expect
+
+    from helpers import wait_for
+
+    bridge = page.bridge
+    review = bridge.submit()
+    key = bridge.wait_ticket(review["id"])["ticket"]["key"]
+    bridge.act("jira", key, "approve")
+    bridge.wait_status(review["id"], "approved")
+    undecided = bridge.submit(title="Still waiting for a person")
+
+    sign_in(page)
+    form = page.locator("#reverse")
+    form.get_by_label("Review id").fill(undecided["id"])
+    form.get_by_label("Reason").fill("Audit")
+    form.get_by_role("button", name="Reverse").click()
+    expect(page.get_by_role("alert")).to_contain_text("only a decided review can be reversed")
+
+    form.get_by_label("Review id").fill(review["id"])
+    form.get_by_label("New decision").select_option("reject")
+    form.get_by_label("Message to the agent").fill("The order was already refunded.")
+    form.get_by_label("Reason").fill("Duplicate refund found in the audit")
+    form.get_by_role("button", name="Reverse").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Review {review['id']} is now rejected (decision version 2)")
+    page.screenshot(path=str(ARTIFACTS / "admin-7-reversed.png"), full_page=True)
+
+    reversed_ = bridge.wait_status(review["id"], "rejected")
+    assert reversed_["decision"]["reason"] == "Duplicate refund found in the audit"
+    assert reversed_["decision"]["reviewer"]["id"] == "api_key:admin"
+    callbacks = wait_for(lambda: [c for c in bridge.callbacks_for(review["id"])
+                                  if c.headers["webhook-id"] == f"msg_{review['id']}_v2"], what="version 2 callback")
+    payload = json.loads(callbacks[0].body)
+    assert payload["type"] == "review.decision_reversed" and payload["version"] == 2
+    assert payload["decisions"] == [{"type": "reject", "message": "The order was already refunded."}]

@@ -225,7 +225,6 @@ def reviews_reverse(
     from pydantic import TypeAdapter, ValidationError
 
     from .. import reversal
-    from ..models import Review
     from ..schemas import Decision
 
     if (decision is None) == (decisions is None) or not reason.strip():
@@ -233,11 +232,9 @@ def reviews_reverse(
         raise typer.Exit(2)
     settings = read_settings(config)
     with transaction(settings.database_url) as session:
-        review = session.get(Review, review_id)
-        count = len((review.request or {}).get("action_requests") or []) if review else 1
         try:
             new = (TypeAdapter(list[Decision]).validate_json(decisions) if decisions
-                   else [Decision(type=decision, message=message)] * count)
+                   else reversal.for_every_action(session, review_id, Decision(type=decision, message=message)))
         except ValidationError as exc:
             typer.echo(f"error: invalid decision: {exc.errors()[0]['msg']}", err=True)
             raise typer.Exit(2) from None
