@@ -14,6 +14,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import ValidationError
 
 from . import keys, operations, reversal, sessions, stats, versions
 from .config import ApiKey
@@ -130,6 +131,9 @@ def reverse(request: Request, rt: RuntimeDep, csrf_token: str = Form(""), review
                                       actor=f"api_key:{key.name}")
     except BridgeError as exc:
         return _back(error=exc.message)
+    except ValidationError as exc:  # e.g. a reason past 2,000 characters
+        problem = exc.errors()[0]
+        return _back(error=f"{'.'.join(map(str, problem['loc'])) or 'form'}: {problem['msg']}")
     return _back(notice=f"Review {review_id} is now {out.status} (decision version {out.decision.version}); "
                         "the agent is sent the new decision.")
 

@@ -169,6 +169,10 @@ def test_an_admin_reverses_a_decision_from_the_queue_page(page):
     form.get_by_label("Reason").fill("Audit")
     form.get_by_role("button", name="Reverse").click()
     expect(page.get_by_role("alert")).to_contain_text("only a decided review can be reversed")
+    form.get_by_label("Review id").fill(review["id"])
+    form.get_by_label("Reason").fill("x" * 2001)
+    form.get_by_role("button", name="Reverse").click()
+    expect(page.get_by_role("alert")).to_contain_text("reason: String should have at most 2000 characters")
 
     form.get_by_label("Review id").fill(review["id"])
     form.get_by_label("New decision").select_option("reject")
