@@ -19,6 +19,7 @@ from .runtime import Runtime
 from .schemas import ReviewOut, Status
 
 WAITING = (Status.queued.value, Status.open.value)
+_SHOWN = (Review.id, Review.title, Review.route_name, Review.mapping_name, Review.created_at)
 
 
 def _age_seconds(since: datetime | None, now: datetime) -> int | None:
@@ -29,13 +30,15 @@ def queue_overview(rt: Runtime, *, limit: int = 500) -> dict[str, Any]:
     """Open reviews per route (oldest first, with age and time left on the SLA), failed
     reviews with their errors, and dead-lettered jobs."""
     now = utcnow()
-    with rt.db.read() as session:
+    with rt.db.read() as session:  # the columns shown, not whole rows (a request and a mapping each)
         waiting = session.execute(
-            select(Review).where(Review.status.in_(WAITING)).order_by(Review.created_at).limit(limit)
-        ).scalars().all()
+            select(*_SHOWN, Review.status, Review.mapping_version, Review.expires_at, Review.ticket_key,
+                   Review.ticket_display, Review.ticket_url)
+            .where(Review.status.in_(WAITING)).order_by(Review.id).limit(limit)  # ids are time-ordered (oldest first)
+        ).all()
         failed = session.execute(
-            select(Review).where(Review.status == Status.failed.value).order_by(Review.id.desc()).limit(limit)
-        ).scalars().all()
+            select(*_SHOWN, Review.error).where(Review.status == Status.failed.value).order_by(Review.id.desc()).limit(limit)
+        ).all()
         dead = session.execute(
             select(Job).where(Job.state == "dead").order_by(Job.id.desc()).limit(limit)
         ).scalars().all()

@@ -193,6 +193,23 @@ def test_preview_shows_the_request_and_the_reviewers_view(bridge):
     assert broken.status_code == 422
 
 
+def test_the_queue_lists_open_reviews_oldest_first_with_their_tickets(bridge):
+    first = bridge.submit(title="First in")
+    second = bridge.submit(title="Second in")
+    tickets = {r["id"]: bridge.wait_ticket(r["id"])["ticket"] for r in (first, second)}
+    with bridge.client("admin") as client:
+        queue = client.get("/v1/admin/queue").json()
+    [route] = queue["routes"]
+    assert route["route"] == "jira-queue" and route["open"] == 2
+    assert [r["id"] for r in route["reviews"]] == [first["id"], second["id"]]
+    for row in route["reviews"]:
+        assert row["status"] == "open" and row["mapping"] == "jira_review" and row["mapping_version"]
+        assert row["ticket"] == {"display": tickets[row["id"]]["display"], "url": tickets[row["id"]]["url"]}
+        assert row["age_seconds"] >= 0 and row["sla_left_seconds"] is None and row["expires_at"] is None
+    assert route["oldest_age_seconds"] == route["reviews"][0]["age_seconds"]
+    assert queue["failed"] == [] and queue["dead_jobs"] == []
+
+
 def test_failed_review_is_retried_after_the_mapping_is_fixed(bridge):
     text, etag = read(bridge)
     put(bridge, text.replace("issuetype: {name: Task}", "issuetype: {name: Epic}"), etag)
